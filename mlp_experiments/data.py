@@ -1,0 +1,318 @@
+"""Datasets: find, verify and decode the IDX files once, split off validation, batch on the device.
+
+FashionMNIST and MNIST are looked for in `data.root` (the four IDX files, gzipped or not, or
+torchvision's `<root>/<Name>/raw/` layout), then where Debian's `dataset-fashion-mnist` puts
+them, then downloaded with torchvision. The decoded images stay uint8 tensors; batching happens
+on the training device (`data.loader=device`) or, as in the notes, through a `DataLoader` that
+turns one PIL image at a time into a float tensor (`data.loader=torch`).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlp_experiments.config import UserError
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    folder: str  # torchvision's folder name under the root
+    classes: tuple[str, ...]
+    md5: dict[str, str]  # MD5 of each decompressed file of the published release
+    system_dir: str | None = None  # where a distribution package installs the files
+
+
+SOURCES = {
+    "fashion_mnist": IdxSource(
+        folder="FashionMNIST",
+        classes=("t-shirt", "trouser", "pullover", "dress", "coat",
+                 "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+        md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        system_dir="/usr/share/datasets/fashion-mnist",
+    ),
+    "mnist": IdxSource(
+        folder="MNIST",
+        classes=tuple(str(digit) for digit in range(10)),
+        md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Decoded images (uint8, N x 28 x 28) and labels (int64) of each split."""
+
+    name: str
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    classes: tuple[str, ...]
+    digest: str  # identifies the exact bytes (or generator settings) the splits came from
+    source: str  # where the files were read, for the record
+
+
+# ---------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: Path) -> tuple[torch.Tensor, str]:
+    """Decode one IDX file (gzipped or not) into a uint8 tensor; return it with the MD5 of
+    the decompressed bytes. A truncated or damaged file raises UserError naming it."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path} is corrupt ({error}). {_REFETCH}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes. {_REFETCH}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated (its header is incomplete). {_REFETCH}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise UserError(
+            f"{path} holds {len(raw)} bytes but its header {shape} needs {expected}: "
+            f"the file is truncated or damaged. {_REFETCH}"
+        )
+    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return torch.from_numpy(array.copy()), hashlib.md5(raw).hexdigest()
+
+
+_REFETCH = "Delete it and run again to fetch a fresh copy, or point data.root at a good one."
+
+
+def _candidate_dirs(source: IdxSource, root: str) -> list[Path]:
+    root_path = Path(root).expanduser()
+    dirs = [root_path, root_path / source.folder / "raw"]
+    if source.system_dir:
+        dirs.append(Path(source.system_dir))
+    return dirs
+
+
+def _find_file(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_release(source: IdxSource, root: str) -> dict[str, Path] | None:
+    for directory in _candidate_dirs(source, root):
+        found = {name: _find_file(directory, name) for name in source.md5}
+        if all(found.values()):
+            return found
+    return None
+
+
+def _download(name: str, source: IdxSource, root: str) -> None:
+    import torchvision
+
+    dataset_class = getattr(torchvision.datasets, source.folder)
+    looked = ", ".join(str(d) for d in _candidate_dirs(source, root))
+    try:
+        for train in (True, False):
+            dataset_class(root, train=train, download=True)
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+        package_hint = (
+            "  2. install the Debian package: sudo apt-get install dataset-fashion-mnist\n"
+            if source.system_dir
+            else "  2. copy the four IDX files from a machine that has them\n"
+        )
+        raise UserError(
+            f"{name} not found (looked in {looked}) and the download failed ({error}).\n"
+            f"Fix it one of three ways:\n"
+            f"  1. put the four IDX files (.gz or not) in a folder and pass data.root=<folder>\n"
+            f"{package_hint}"
+            f"  3. run where the network allows once; torchvision stores the files under "
+            f"data.root={root}"
+        ) from None
+
+
+def _read_release(name: str, files: dict[str, Path], verify: bool) -> tuple[dict, str]:
+    source = SOURCES[name]
+    tensors, digests = {}, []
+    for file_name, path in files.items():
+        tensors[file_name], md5 = read_idx(path)
+        if verify and md5 != source.md5[file_name]:
+            raise UserError(
+                f"{path} does not match the published {name} release (MD5 {md5}, expected "
+                f"{source.md5[file_name]}). {_REFETCH} For IDX files of your own, "
+                f"set data.verify=false."
+            )
+        digests.append(md5)
+    return tensors, hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def load_release(name: str, root: str, verify: bool) -> tuple[dict, str, str]:
+    """Find (or download), verify and decode the four files once per process."""
+    source = SOURCES[name]
+    files = _find_release(source, root)
+    if files is None:
+        _download(name, source, root)
+        files = _find_release(source, root)
+    tensors, digest = _read_release(name, files, verify)
+    return tensors, digest, str(next(iter(files.values())).parent)
+
+
+# ---------------------------------------------------------------------------- splits
+
+
+def split_validation(
+    images: torch.Tensor, labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Carve a seeded, disjoint validation split from the training set."""
+    if not 0 <= val_size < len(images):
+        raise UserError(
+            f"data.val_size={val_size} must be at least 0 and below the {len(images)} "
+            f"training examples."
+        )
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:val_size], order[val_size:]
+    return (images[train_index], labels[train_index]), (images[val_index], labels[val_index])
+
+
+def synthetic_release(train_size: int, test_size: int, seed: int) -> tuple[dict, str]:
+    """Ten noisy 28x28 prototypes: learnable in one epoch, deterministic for a given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(10, 28, 28, generator=generator) * 255
+
+    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, 10, (count,), generator=generator)
+        noise = torch.randn(count, 28, 28, generator=generator) * 60
+        images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+        return images, labels
+
+    tensors = {}
+    for split, (image_file, label_file) in SPLIT_FILES.items():
+        tensors[image_file], tensors[label_file] = draw(train_size if split == "train" else test_size)
+    digest = hashlib.sha256(f"synthetic:{train_size}:{test_size}:{seed}".encode()).hexdigest()
+    return tensors, digest[:16]
+
+
+def load_dataset(cfg) -> Dataset:
+    """Build the train/val/test splits that `cfg.data` describes."""
+    if cfg.name == "synthetic":
+        tensors, digest = synthetic_release(cfg.train_size, cfg.test_size, cfg.seed)
+        classes, where = tuple(f"class {i}" for i in range(10)), "generated"
+    else:
+        tensors, digest, where = load_release(str(cfg.name.value), cfg.root, cfg.verify)
+        classes = SOURCES[cfg.name.value].classes
+    splits = {}
+    for split, (image_file, label_file) in SPLIT_FILES.items():
+        images, labels = tensors[image_file], tensors[label_file].long()
+        if len(images) != len(labels):
+            raise UserError(
+                f"{cfg.name.value}: {len(images)} {split} images but {len(labels)} labels."
+            )
+        splits[split] = (images, labels)
+    train, val = split_validation(*splits["train"], cfg.val_size, cfg.split_seed)
+    return Dataset(str(cfg.name.value), train, val, splits["test"], classes, digest, where)
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends on (seed, epoch) only, so a resumed run draws the same order."""
+    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return torch.Generator().manual_seed(state)
+
+
+class DeviceBatches:
+    """The whole split on the training device; each epoch a fresh permutation, sliced there."""
+
+    def __init__(self, images, labels, batch_size: int, device: torch.device, shuffle: bool):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.num_examples = len(labels)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def epoch(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        count = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(count, generator=epoch_generator(seed, epoch))
+            order = order.to(self.images.device)
+        for start in range(0, count, self.batch_size):
+            if self.shuffle:
+                index = order[start : start + self.batch_size]
+                images, labels = self.images[index], self.labels[index]
+            else:
+                images = self.images[start : start + self.batch_size]
+                labels = self.labels[start : start + self.batch_size]
+            yield images.unsqueeze(1).float().div_(255), labels
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """The notes' per-sample path: a PIL image through `transforms.ToTensor()`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        from torchvision import transforms
+
+        self.images, self.labels = images.numpy(), labels
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.to_tensor(Image.fromarray(self.images[index])), self.labels[index]
+
+
+class LoaderBatches:
+    """`torch.utils.data.DataLoader` over `ImageDataset`, moved to the device batch by batch."""
+
+    def __init__(self, images, labels, batch_size: int, device: torch.device, shuffle: bool):
+        self.dataset = ImageDataset(images, labels)
+        self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
+        self.num_examples = len(labels)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def epoch(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            generator=epoch_generator(seed, epoch),
+        )
+        for images, labels in loader:
+            yield images.to(self.device), labels.to(self.device)
+
+
+def make_batches(split, batch_size: int, device: torch.device, loader: str, shuffle: bool):
+    batches_class = DeviceBatches if loader == "device" else LoaderBatches
+    return batches_class(*split, batch_size=batch_size, device=device, shuffle=shuffle)

@@ -1,0 +1,133 @@
+"""MLflow records of a training run: params, tags, per-epoch metrics, plots and the model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from omegaconf import DictConfig, OmegaConf
+
+from mlp_experiments import plots
+from mlp_experiments.config import UserError, config_digest_view, flatten
+
+MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED"}
+
+
+def config_hash(cfg: DictConfig, data_digest: str) -> str:
+    """Identifies the exact configuration: what decides the result, and the data's bytes."""
+    view = json.dumps(config_digest_view(cfg), sort_keys=True)
+    return hashlib.sha256(f"{view}|{data_digest}".encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def check_server(uri: str) -> None:
+    """An HTTP tracking server must answer its health check now, not after an hour of training."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            return
+    except (urllib.error.URLError, OSError) as error:
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({error}). Start it with "
+            f"`uv run mlflow server --host 127.0.0.1 --port 5000`, point tracking.uri at a "
+            f"running one, or record locally with tracking.uri=sqlite:///mlflow.db "
+            f"(or tracking=none)."
+        ) from None
+
+
+class MlflowTracker:
+    """One MLflow run per training; `run_id` given resumes an interrupted run."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.run_id: str | None = None
+
+    def connect(self) -> None:
+        if self.cfg.uri.startswith(("http://", "https://")):
+            check_server(self.cfg.uri)
+        mlflow.set_tracking_uri(self.cfg.uri)
+        try:
+            mlflow.set_experiment(self.cfg.experiment)
+        except Exception as error:
+            raise UserError(
+                f"Cannot open MLflow tracking store {self.cfg.uri} ({error}). Fix tracking.uri "
+                f"or record nothing with tracking=none."
+            ) from None
+        self.client = mlflow.MlflowClient()
+
+    def start(self, cfg: DictConfig, tags: dict[str, str], resume_run_id: str | None) -> str:
+        run = mlflow.start_run(run_id=resume_run_id, run_name=self.cfg.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        if resume_run_id is None:
+            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            mlflow.log_params(flatten(resolved))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        return self.run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(name, value, timestamp, epoch) for name, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_results(self, model, history, dataset, predictions: np.ndarray, table: str) -> None:
+        test_images, test_labels = dataset.test
+        labels = test_labels.numpy()
+        figures = {
+            "plots/learning_curves.png": plots.learning_curves(history),
+            "plots/confusion_matrix.png": plots.confusion_matrix(
+                labels, predictions, dataset.classes
+            ),
+            "plots/predictions.png": plots.prediction_grid(
+                test_images[:16].numpy(), labels[:16], predictions[:16], dataset.classes
+            ),
+        }
+        for path, figure in figures.items():
+            mlflow.log_figure(figure, path)
+            plots.plt.close(figure)
+        mlflow.log_text(table, "parameters.md")
+        if self.cfg.log_model:
+            self._log_model(model, test_images[:4])
+
+    def _log_model(self, model: torch.nn.Module, images: torch.Tensor) -> None:
+        model = model.cpu().eval()
+        with tempfile.TemporaryDirectory() as folder:
+            state_path = Path(folder) / "state_dict.pt"
+            torch.save(model.state_dict(), state_path)
+            mlflow.log_artifact(str(state_path), "model_state")
+        example = images.unsqueeze(1).float().div(255).numpy()
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=mlflow.models.infer_signature(example, output),
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+    def finish(self, outcome: str) -> None:
+        mlflow.set_tag("outcome", outcome)
+        mlflow.end_run(status=MLFLOW_STATUS[outcome])
+
+    def abort(self, outcome: str) -> None:
+        """The run was interrupted or crashed: mark it so, and keep what it recorded."""
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("outcome", outcome)
+            mlflow.end_run(status="KILLED" if outcome == "interrupted" else "FAILED")

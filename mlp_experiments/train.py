@@ -1,0 +1,154 @@
+"""`python -m mlp_experiments.train [overrides]`: compose the config, train, record in MLflow.
+
+The config is composed and checked before torch and mlflow are imported, so a typo is
+answered in about a second. `train(cfg)` is the function sweeps call for each trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mlp_experiments.config import UserError, check_overrides, check_targets, register_configs
+
+log = logging.getLogger("mlp_experiments")
+register_configs()
+
+IMAGE_FEATURES = 28 * 28
+
+
+def _hydra_context() -> tuple[str, dict[str, str]]:
+    """The command-line overrides and the chosen group options, when Hydra launched us."""
+    if not HydraConfig.initialized():
+        return "", {}
+    hydra_cfg = HydraConfig.get()
+    choices = {
+        group: str(choice)
+        for group, choice in hydra_cfg.runtime.choices.items()
+        if not group.startswith(("hydra", "schema")) and choice is not None
+    }
+    return " ".join(hydra_cfg.overrides.task), choices
+
+
+def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str | None = None):
+    """Train the configured model; return the engine's FitResult (history and outcome)."""
+    check_targets(cfg)
+    from hydra.utils import instantiate
+
+    from mlp_experiments import data, engine, models, optim, tracking
+    from mlp_experiments.progress import Progress
+
+    tracker = tracking.MlflowTracker(cfg.tracking) if cfg.tracking.enabled else None
+    if tracker:
+        tracker.connect()
+    engine.seed_everything(cfg.trainer.seed)
+    device = engine.pick_device(cfg.trainer.device)
+    dataset = data.load_dataset(cfg.data)
+    config_hash = tracking.config_hash(cfg, dataset.digest)
+    checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
+    state = None
+    if cfg.trainer.resume:
+        if checkpoint.exists():
+            state = engine.load_checkpoint(checkpoint)
+            log.info("resuming from %s after epoch %d", checkpoint, len(state["history"]))
+        else:
+            log.info("no checkpoint at %s: starting from epoch 1", checkpoint)
+
+    model = instantiate(cfg.model, in_features=IMAGE_FEATURES, num_classes=len(dataset.classes))
+    model = model.to(device)
+    loss_fn = instantiate(cfg.loss)
+    optimizer = optim.build_optimizer(cfg.optimizer, cfg.regularization, model)
+    scheduler = optim.build_scheduler(cfg.scheduler, optimizer)
+    batches = {
+        split: data.make_batches(
+            getattr(dataset, split), cfg.trainer.batch_size, device, cfg.data.loader.value,
+            shuffle=split == "train",
+        )
+        for split in ("train", "val", "test")
+    }
+    progress = Progress(cfg.trainer.epochs)
+    epoch_hooks = [progress.on_epoch, *hooks]
+    run_id = None
+    if tracker:
+        overrides, choices = _hydra_context()
+        tags = {
+            "git_commit": tracking.git_commit(),
+            "overrides": overrides,
+            "device": str(device),
+            "config_hash": config_hash,
+            "data_digest": dataset.digest,
+            **{f"variant.{group}": choice for group, choice in choices.items()},
+        }
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        resume_run_id = state["extra"].get("run_id") if state else None
+        run_id = tracker.start(cfg, tags, resume_run_id)
+        epoch_hooks.append(tracker.log_epoch)
+
+    trained = torch_compile(model) if cfg.trainer.compile else model
+    settings = engine.FitSettings(
+        epochs=cfg.trainer.epochs,
+        seed=cfg.trainer.seed,
+        patience=cfg.trainer.patience,
+        precision=cfg.trainer.precision.value,
+        checkpoint=checkpoint,
+        checkpoint_extra={"run_id": run_id} if run_id else {},
+    )
+    try:
+        result = engine.fit(
+            trained, loss_fn, optimizer, scheduler, batches, settings,
+            on_epoch=lambda epoch, metrics: [hook(epoch, metrics) for hook in epoch_hooks],
+            wrap_batches=progress.wrap_batches, state=state, raw_model=model,
+        )
+    except KeyboardInterrupt:
+        if tracker:
+            tracker.abort("interrupted")
+        log.warning("interrupted: resume with trainer.resume=true (checkpoint %s)", checkpoint)
+        raise
+    except BaseException:
+        if tracker:
+            tracker.abort("crashed")
+        raise
+    log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history), checkpoint)
+    if tracker:
+        predictions = engine.predict(model, batches["test"])
+        tracker.log_results(model, result.history, dataset, predictions,
+                            models.parameter_table(model))
+        tracker.finish(result.outcome)
+        log.info("MLflow run %s in %s", run_id, cfg.tracking.uri)
+    return result
+
+
+def torch_compile(model):
+    import torch
+
+    return torch.compile(model)
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Hydra's entry point; returns the best validation accuracy for Hydra sweepers."""
+    try:
+        return train(cfg).best_val_acc
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def cli() -> None:
+    multirun = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
+    if not multirun:
+        overrides = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+        try:
+            check_overrides(overrides)
+        except UserError as error:
+            raise SystemExit(f"error: {error}") from None
+    main()
+
+
+if __name__ == "__main__":
+    cli()
