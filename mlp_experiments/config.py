@@ -9,9 +9,11 @@ Hydra and OmegaConf: a config mistake is answered before torch and mlflow are lo
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +28,24 @@ class UserError(Exception):
     """A mistake in the input (config, data, tracking server): its message says how to fix it."""
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Loader(str, Enum):
+class Loader(StrEnum):
     device = "device"  # decoded once, batched on the training device
     torch = "torch"  # the notes' DataLoader + ToTensor, one PIL image at a time
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     fashion_mnist = "fashion_mnist"
     mnist = "mnist"
     synthetic = "synthetic"
 
 
-class Activation(str, Enum):
+class Activation(StrEnum):
     relu = "relu"
     sigmoid = "sigmoid"
     tanh = "tanh"
@@ -54,7 +56,7 @@ class Activation(str, Enum):
     gelu = "gelu"
 
 
-class Init(str, Enum):
+class Init(StrEnum):
     default = "default"  # whatever torch.nn.Linear does
     normal = "normal"  # N(0, init_std), the notes' choice
     xavier_normal = "xavier_normal"
@@ -63,12 +65,12 @@ class Init(str, Enum):
     kaiming_uniform = "kaiming_uniform"
 
 
-class Reduction(str, Enum):
+class Reduction(StrEnum):
     mean = "mean"
     sum = "sum"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"  # autocast of the forward pass
 
@@ -83,7 +85,7 @@ class DataConfig:
 
 @dataclass
 class IdxDataConfig(DataConfig):
-    root: str | None = None
+    root: str = "data"  # searched first; torchvision downloads here
     verify: bool = True  # MD5 of the decoded IDX files against the published release
 
 
@@ -235,15 +237,16 @@ def check_targets(cfg: Any, path: str = "") -> None:
             check_targets(value, f"{path}[{index}]")
 
 
-def config_digest_view(cfg: DictConfig) -> dict:
-    """The part of the resolved config that decides the result (where and how it is recorded,
-    where the data lies and whether a run resumes do not)."""
+def config_hash(cfg: DictConfig, data_digest: str) -> str:
+    """Identifies the exact configuration: the part of the resolved config that decides the
+    result (not where it is recorded, where the data lies or whether it resumes) and the data."""
     view = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     view.pop("tracking", None)
     view["trainer"].pop("resume", None)
     view["trainer"].pop("checkpoint_dir", None)
     view["data"].pop("root", None)
-    return view
+    text = json.dumps(view, sort_keys=True)
+    return hashlib.sha256(f"{text}|{data_digest}".encode()).hexdigest()[:16]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -287,23 +290,31 @@ def _with_causes(error: BaseException) -> str:
     return "\n".join(lines)
 
 
-def check_overrides(overrides: list[str]) -> None:
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The training config for these overrides, composed as `python -m mlp_experiments.train`
+    would (for tests, benchmarks and sweeps, which run trainings in-process)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def check_overrides(overrides: list[str]) -> DictConfig:
     """Compose the config once with the user's overrides and raise UserError on any mistake,
     with the allowed keys spelled out. Costs a fraction of a second, saves a torch import."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    register_configs()
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    try:
+        cfg = compose_config(job_overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        groups = [o for o in job_overrides if "=" in o and "." not in o.split("=")[0]]
         try:
-            cfg = compose("train", overrides=job_overrides)
-        except (HydraException, OmegaConfBaseException) as error:
-            known = [o for o in job_overrides if "=" in o and "." not in o.split("=")[0]]
-            try:
-                base = compose("train", overrides=known)
-            except (HydraException, OmegaConfBaseException):
-                base = None
-            raise UserError(explain_unknown_key(_with_causes(error), base)) from None
+            base = compose_config(groups)
+        except (HydraException, OmegaConfBaseException):
+            base = None
+        raise UserError(explain_unknown_key(_with_causes(error), base)) from None
     check_targets(cfg)
+    return cfg

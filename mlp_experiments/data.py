@@ -135,23 +135,26 @@ def _download(name: str, source: IdxSource, root: str) -> None:
     import torchvision
 
     dataset_class = getattr(torchvision.datasets, source.folder)
-    looked = ", ".join(str(d) for d in _candidate_dirs(source, root))
     try:
         for train in (True, False):
             dataset_class(root, train=train, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-        package_hint = (
-            "  2. install the Debian package: sudo apt-get install dataset-fashion-mnist\n"
+        looked = "\n".join(f"  {d}" for d in _candidate_dirs(source, root))
+        second_fix = (
+            "install Debian's package: sudo apt-get install dataset-fashion-mnist"
             if source.system_dir
-            else "  2. copy the four IDX files from a machine that has them\n"
+            else f"copy {root}/{source.folder}/ from a machine that downloaded it"
         )
         raise UserError(
-            f"{name} not found (looked in {looked}) and the download failed ({error}).\n"
+            f"{name} was not found and could not be downloaded.\n"
+            f"Looked in:\n{looked}\n"
+            f"Download error: {' '.join(str(error).split())}\n"
             f"Fix it one of three ways:\n"
-            f"  1. put the four IDX files (.gz or not) in a folder and pass data.root=<folder>\n"
-            f"{package_hint}"
-            f"  3. run where the network allows once; torchvision stores the files under "
-            f"data.root={root}"
+            f"  1. data.root=<folder> with the four IDX files (.gz or not), or torchvision's "
+            f"<folder>/{source.folder}/raw/\n"
+            f"  2. {second_fix}\n"
+            f"  3. run once where the network allows: torchvision downloads into "
+            f"data.root ({root})"
         ) from None
 
 
@@ -211,8 +214,10 @@ def synthetic_release(train_size: int, test_size: int, seed: int) -> tuple[dict,
         return images, labels
 
     tensors = {}
-    for split, (image_file, label_file) in SPLIT_FILES.items():
-        tensors[image_file], tensors[label_file] = draw(train_size if split == "train" else test_size)
+    for (image_file, label_file), count in zip(
+        SPLIT_FILES.values(), (train_size, test_size), strict=True
+    ):
+        tensors[image_file], tensors[label_file] = draw(count)
     digest = hashlib.sha256(f"synthetic:{train_size}:{test_size}:{seed}".encode()).hexdigest()
     return tensors, digest[:16]
 
@@ -266,11 +271,12 @@ class DeviceBatches:
         for start in range(0, count, self.batch_size):
             if self.shuffle:
                 index = order[start : start + self.batch_size]
-                images, labels = self.images[index], self.labels[index]
+                images = self.images.index_select(0, index)  # faster than images[index]
+                labels = self.labels.index_select(0, index)
             else:
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
-            yield images.unsqueeze(1).float().div_(255), labels
+            yield images.unsqueeze(1) / 255, labels  # uint8 / int promotes to float32
 
 
 class ImageDataset(torch.utils.data.Dataset):

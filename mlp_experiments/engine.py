@@ -55,7 +55,8 @@ def pick_device(requested: str) -> torch.device:
 
 def _example_sum(loss: torch.Tensor, loss_fn: nn.Module, count: int) -> torch.Tensor:
     """The batch's summed per-example loss, whatever the loss's reduction."""
-    return loss.detach() * count if getattr(loss_fn, "reduction", "mean") == "mean" else loss.detach()
+    summed = getattr(loss_fn, "reduction", "mean") == "sum"
+    return loss.detach() if summed else loss.detach() * count
 
 
 @torch.no_grad()
@@ -213,5 +214,5 @@ def predict(model: nn.Module, batches) -> np.ndarray:
 
 
 def checkpoint_path(directory: str, config_hash: str) -> Path:
-    """One checkpoint per exact configuration: the same command with trainer.resume=true finds it."""
+    """One checkpoint per exact configuration: the same command + trainer.resume=true finds it."""
     return Path(directory) / config_hash / "last.pt"

@@ -58,15 +58,17 @@ def prediction_grid(
     """Test images titled 'true / predicted' (red where wrong), like the notes' final figure."""
     columns = 8
     rows = int(np.ceil(len(images) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.9))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * 1.5, rows * 1.9), squeeze=False,
+        gridspec_kw={"hspace": 0.5, "top": 0.85, "bottom": 0.02, "left": 0.02, "right": 0.98},
+    )
+    for axis in axes.flat:
+        axis.set_axis_off()
     for axis, image, label, prediction in zip(
         axes.flat, images, labels, predictions, strict=False
     ):
         axis.imshow(image, cmap="gray")
         color = "black" if label == prediction else "red"
         axis.set_title(f"{classes[label]}\n{classes[prediction]}", fontsize=8, color=color)
-    for axis in axes.flat:
-        axis.axis("off")
     figure.suptitle("Test images: true label / prediction")
-    figure.tight_layout()
     return figure

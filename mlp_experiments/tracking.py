@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import tempfile
 import time
@@ -18,15 +16,9 @@ from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import plots
-from mlp_experiments.config import UserError, config_digest_view, flatten
+from mlp_experiments.config import UserError, flatten
 
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED"}
-
-
-def config_hash(cfg: DictConfig, data_digest: str) -> str:
-    """Identifies the exact configuration: what decides the result, and the data's bytes."""
-    view = json.dumps(config_digest_view(cfg), sort_keys=True)
-    return hashlib.sha256(f"{view}|{data_digest}".encode()).hexdigest()[:16]
 
 
 def git_commit() -> str:

@@ -14,7 +14,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mlp_experiments.config import UserError, check_overrides, check_targets, register_configs
+from mlp_experiments.config import (
+    UserError,
+    check_overrides,
+    check_targets,
+    config_hash,
+    register_configs,
+)
 
 log = logging.getLogger("mlp_experiments")
 register_configs()
@@ -40,17 +46,20 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
     check_targets(cfg)
     from hydra.utils import instantiate
 
-    from mlp_experiments import data, engine, models, optim, tracking
+    from mlp_experiments import data, engine, models, optim
     from mlp_experiments.progress import Progress
 
-    tracker = tracking.MlflowTracker(cfg.tracking) if cfg.tracking.enabled else None
-    if tracker:
+    tracker = None
+    if cfg.tracking.enabled:
+        from mlp_experiments import tracking
+
+        tracker = tracking.MlflowTracker(cfg.tracking)
         tracker.connect()
     engine.seed_everything(cfg.trainer.seed)
     device = engine.pick_device(cfg.trainer.device)
     dataset = data.load_dataset(cfg.data)
-    config_hash = tracking.config_hash(cfg, dataset.digest)
-    checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
+    run_hash = config_hash(cfg, dataset.digest)
+    checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, run_hash)
     state = None
     if cfg.trainer.resume:
         if checkpoint.exists():
@@ -72,7 +81,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
         for split in ("train", "val", "test")
     }
     progress = Progress(cfg.trainer.epochs)
-    epoch_hooks = [progress.on_epoch, *hooks]
+    epoch_hooks = [progress.on_epoch]
     run_id = None
     if tracker:
         overrides, choices = _hydra_context()
@@ -80,7 +89,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
             "git_commit": tracking.git_commit(),
             "overrides": overrides,
             "device": str(device),
-            "config_hash": config_hash,
+            "config_hash": run_hash,
             "data_digest": dataset.digest,
             **{f"variant.{group}": choice for group, choice in choices.items()},
         }
@@ -88,7 +97,8 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
             tags["mlflow.parentRunId"] = parent_run_id
         resume_run_id = state["extra"].get("run_id") if state else None
         run_id = tracker.start(cfg, tags, resume_run_id)
-        epoch_hooks.append(tracker.log_epoch)
+        epoch_hooks.insert(0, tracker.log_epoch)
+    epoch_hooks += hooks  # after the record: a hook that stops training loses no epoch
 
     trained = torch_compile(model) if cfg.trainer.compile else model
     settings = engine.FitSettings(

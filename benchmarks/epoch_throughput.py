@@ -1,0 +1,166 @@
+"""Epoch throughput of the concise MLP (batch 256) on FashionMNIST, measured side by side.
+
+    uv run python benchmarks/epoch_throughput.py [--repeats 3] [--device auto]
+
+(a) the notes' loop: torch DataLoader over PIL images + ToTensor (num_workers 0 and the notes' 4)
+(b) our engine: one training epoch of `engine.fit` on device-resident uint8 batches
+(c) the compute-only bound: the same model and batch shapes, float batches already in memory
+Then the wall time of a 5-epoch `train()` with tracking=mlflow vs tracking=none (in one process,
+imports already paid), and the peak RSS of a whole `python -m mlp_experiments.train` process.
+Runs are taken in alternation so machine drift hits every variant alike; each ratio is given
+as the median of the per-repeat ratios and as the ratio of the fastest runs (the least disturbed
+by other load on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mlp_experiments import data, engine
+from mlp_experiments.config import compose_config
+from mlp_experiments.models import MLP
+from mlp_experiments.train import train
+
+
+def concise_model(device):
+    torch.manual_seed(0)
+    return MLP(784, 10, hidden_sizes=[256], init="normal").to(device)
+
+
+def step(model, optimizer, loss_fn, images, labels):
+    loss = loss_fn(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def notes_epoch(dataset, device, num_workers: int) -> float:
+    """(a) The notes' loop: DataLoader(shuffle=True) over PIL images through ToTensor."""
+    model = concise_model(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(
+        data.ImageDataset(*dataset.train), batch_size=256, shuffle=True, num_workers=num_workers
+    )
+    started = time.perf_counter()
+    for images, labels in loader:
+        step(model, optimizer, loss_fn, images.to(device), labels.to(device))
+    return time.perf_counter() - started
+
+
+def engine_epoch(dataset, device) -> float:
+    """(b) One training epoch of our engine (its own timing of the training pass)."""
+    model = concise_model(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    batches = {split: data.make_batches(getattr(dataset, split), 256, device, "device",
+                                        shuffle=split == "train")
+               for split in ("train", "val", "test")}
+    result = engine.fit(model, torch.nn.CrossEntropyLoss(), optimizer, None, batches,
+                        engine.FitSettings(epochs=1, seed=0))
+    return batches["train"].num_examples / result.history[0]["samples_per_s"]
+
+
+def compute_bound_epoch(dataset, device) -> float:
+    """(c) Same model and batch shapes, batches prepared beforehand: nothing but compute."""
+    model = concise_model(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    images, labels = dataset.train
+    prepared = [
+        (images[i : i + 256].unsqueeze(1).float().div(255).to(device), labels[i : i + 256].to(device))
+        for i in range(0, len(labels), 256)
+    ]
+    synchronize(device)
+    started = time.perf_counter()
+    for batch_images, batch_labels in prepared:
+        step(model, optimizer, loss_fn, batch_images, batch_labels)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def tracked_run_seconds(tracking: str, store: Path, device: str) -> float:
+    overrides = [f"tracking={tracking}", f"trainer.device={device}",
+                 f"trainer.checkpoint_dir={store / 'checkpoints'}"]
+    if tracking == "mlflow":
+        overrides.append(f"tracking.uri=sqlite:///{store / 'mlflow.db'}")
+    cfg = compose_config(overrides)
+    started = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(device: str, store: Path) -> float:
+    subprocess.run(
+        [sys.executable, "-m", "mlp_experiments.train", "tracking=none",
+         f"trainer.device={device}", f"trainer.checkpoint_dir={store / 'rss'}",
+         f"hydra.run.dir={store / 'hydra'}"],
+        check=True, capture_output=True,
+    )
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def report_ratio(name: str, numerator: list[float], denominator: list[float], target: str):
+    paired = statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+    print(f"{name:34s} = {paired:6.3f} (median of pairs), {min(numerator) / min(denominator):6.3f} "
+          f"(fastest runs)  {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = engine.pick_device(args.device)
+    dataset = data.load_dataset(compose_config().data)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{dataset.train[1].numel()} training images, batch 256, median of {args.repeats}")
+
+    timings = {"a0": [], "a4": [], "b": [], "c": []}
+    for _ in range(args.repeats):
+        timings["a0"].append(notes_epoch(dataset, device, num_workers=0))
+        timings["a4"].append(notes_epoch(dataset, device, num_workers=4))
+        timings["b"].append(engine_epoch(dataset, device))
+        timings["c"].append(compute_bound_epoch(dataset, device))
+    for key, label in (("a0", "(a) notes' DataLoader+ToTensor epoch, 0 workers"),
+                       ("a4", "(a) notes' DataLoader+ToTensor epoch, 4 workers"),
+                       ("b", "(b) engine epoch (device-resident batches)"),
+                       ("c", "(c) compute-only bound")):
+        print(f"{label:50s} median {statistics.median(timings[key]):6.2f} s, "
+              f"min {min(timings[key]):6.2f} s")
+    report_ratio("(a)/(b), the notes' 4 workers", timings["a4"], timings["b"], "target >= 5")
+    report_ratio("(a)/(b), 0 workers", timings["a0"], timings["b"], "")
+    report_ratio("(b)/(c)", timings["b"], timings["c"], "target <= 1.15")
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder)
+        tracked_run_seconds("mlflow", store, str(device))  # creates the store's tables once
+        runs = {"mlflow": [], "none": []}
+        for _ in range(args.repeats):
+            for tracking in runs:
+                runs[tracking].append(tracked_run_seconds(tracking, store, str(device)))
+        overhead = statistics.median(m - n for m, n in zip(runs["mlflow"], runs["none"]))
+        print(f"5-epoch run: tracking=mlflow median {statistics.median(runs['mlflow']):.2f} s, "
+              f"tracking=none median {statistics.median(runs['none']):.2f} s, "
+              f"tracking costs {overhead:.2f} s per run")
+        report_ratio("tracking=mlflow / tracking=none", runs["mlflow"], runs["none"],
+                     "target <= 1.10")
+        print(f"peak RSS of a training process  = {peak_rss_mb(str(device), store):.0f} MB  "
+              f"(target <= 1500)")
+
+
+if __name__ == "__main__":
+    main()

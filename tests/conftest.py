@@ -1,0 +1,77 @@
+import gzip
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlp_experiments.config import compose_config
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """An IDX file of unsigned bytes, gzipped when the name ends in .gz."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(size).to_bytes(4, "big") for size in array.shape
+    )
+    payload = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+def write_tiny_release(folder: Path, train: int = 120, test: int = 40, gz: bool = True) -> Path:
+    """The four files of an MNIST-style release with a few learnable examples."""
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = np.zeros((count, 28, 28), dtype=np.uint8)
+        for index, label in enumerate(labels):
+            images[index, label * 2 : label * 2 + 6, :] = 200 + rng.integers(0, 50)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    """One SQLite store for the session: creating its tables costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def synthetic_cfg(workdir, tracking_uri, request):
+    """A config factory for fast runs on synthetic data, tracked in the session's store
+    under an experiment named after the test."""
+
+    def make(*overrides: str, tracking: bool = True):
+        base = [
+            "data=synthetic",
+            "trainer.epochs=1",
+            "optimizer.lr=0.1",
+            "trainer.device=cpu",
+            f"trainer.checkpoint_dir={workdir / 'checkpoints'}",
+        ]
+        if tracking:
+            base += [f"tracking.uri={tracking_uri}", f"tracking.experiment={request.node.name}",
+                     "tracking.log_model=false"]
+        else:
+            base.append("tracking=none")
+        return compose_config([*base, *overrides])
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,103 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import free_port
+from mlflow import MlflowClient
+
+from mlp_experiments.config import UserError
+from mlp_experiments.train import train
+
+EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "lr", "epoch_time_s", "samples_per_s"}
+
+
+def only_run(tracking_uri, experiment_name):
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    return client, runs
+
+
+def artifact_paths(client, run_id, path=None):
+    paths = []
+    for info in client.list_artifacts(run_id, path):
+        paths += artifact_paths(client, run_id, info.path) if info.is_dir else [info.path]
+    return paths
+
+
+def test_one_epoch_run_is_read_back_from_mlflow(synthetic_cfg, tracking_uri, request):
+    cfg = synthetic_cfg("tracking.log_model=true", "optimizer.lr=0.05")
+    result = train(cfg)
+    client, runs = only_run(tracking_uri, request.node.name)
+    (run,) = runs
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.05" and params["model.hidden_sizes"] == "[256]"
+    assert params["trainer.batch_size"] == "256" and params["data.name"] == "synthetic"
+    assert len(run.data.tags["config_hash"]) == 16 and run.data.tags["device"] == "cpu"
+    assert "git_commit" in run.data.tags
+    assert set(run.data.metrics) == EPOCH_METRICS
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(1, result.history[0]["val_acc"])]
+    artifacts = set(artifact_paths(client, run.info.run_id))
+    assert {"config.yaml", "parameters.md", "plots/learning_curves.png",
+            "plots/confusion_matrix.png", "plots/predictions.png",
+            "model_state/state_dict.pt"} <= artifacts
+    config_path = client.download_artifacts(run.info.run_id, "config.yaml")
+    assert "lr: 0.05" in Path(config_path).read_text()
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(synthetic_cfg, tracking_uri, request):
+    def stop_after_epoch_2(epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    cfg = synthetic_cfg("trainer.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, hooks=(stop_after_epoch_2,))
+    client, (interrupted,) = only_run(tracking_uri, request.node.name)
+    assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["outcome"] == "interrupted"
+    cfg.trainer.resume = True
+    train(cfg)
+    client, (run,) = only_run(tracking_uri, request.node.name)
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == [1, 2, 3]
+
+
+def test_a_diverged_run_is_recorded_with_its_metrics(synthetic_cfg, tracking_uri, request):
+    train(synthetic_cfg("trainer.epochs=5", "optimizer.lr=1e6"))
+    client, (run,) = only_run(tracking_uri, request.node.name)
+    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "diverged"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert losses and not np.isfinite(losses[-1])
+
+
+def test_an_unreachable_tracking_server_fails_before_training(synthetic_cfg, workdir):
+    cfg = synthetic_cfg("tracking=mlflow", f"tracking.uri=http://127.0.0.1:{free_port()}")
+    with pytest.raises(UserError, match="unreachable.*mlflow server --host 127.0.0.1"):
+        train(cfg)
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_multirun_gives_one_mlflow_run_per_job(workdir, tracking_uri):
+    command = [
+        sys.executable, "-m", "mlp_experiments.train", "-m", "data=synthetic",
+        "optimizer=sgd,adam", "trainer.seed=0,1", "trainer.epochs=1", "trainer.device=cpu",
+        f"tracking.uri={tracking_uri}", "tracking.experiment=multirun", "tracking.log_model=false",
+        f"hydra.sweep.dir={workdir / 'multirun'}",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    client, runs = only_run(tracking_uri, "multirun")
+    jobs = {(r.data.tags["variant.optimizer"], r.data.params["trainer.seed"]) for r in runs}
+    assert jobs == {("sgd", "0"), ("sgd", "1"), ("adam", "0"), ("adam", "1")}
+    assert all(r.data.tags["overrides"] for r in runs)
