@@ -76,7 +76,7 @@ def compute_bound_epoch(dataset, device) -> float:
     loss_fn = torch.nn.CrossEntropyLoss()
     images, labels = dataset.train
     prepared = [
-        (images[i : i + 256].unsqueeze(1).float().div(255).to(device), labels[i : i + 256].to(device))
+        (images[i : i + 256].unsqueeze(1).div(255).to(device), labels[i : i + 256].to(device))
         for i in range(0, len(labels), 256)
     ]
     synchronize(device)
@@ -152,7 +152,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for tracking in runs:
                 runs[tracking].append(tracked_run_seconds(tracking, store, str(device)))
-        overhead = statistics.median(m - n for m, n in zip(runs["mlflow"], runs["none"]))
+        pairs = zip(runs["mlflow"], runs["none"], strict=True)
+        overhead = statistics.median(tracked - untracked for tracked, untracked in pairs)
         print(f"5-epoch run: tracking=mlflow median {statistics.median(runs['mlflow']):.2f} s, "
               f"tracking=none median {statistics.median(runs['none']):.2f} s, "
               f"tracking costs {overhead:.2f} s per run")

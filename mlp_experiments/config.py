@@ -43,6 +43,13 @@ class DatasetName(StrEnum):
     fashion_mnist = "fashion_mnist"
     mnist = "mnist"
     synthetic = "synthetic"
+    regression = "regression"
+
+
+class Normalize(StrEnum):
+    none = "none"  # pixels in [0, 1], as ToTensor gives them
+    mnist = "mnist"  # (x - 0.1307) / 0.3081, the MNIST statistics note 003 uses
+    computed = "computed"  # mean and std of the training images
 
 
 class Activation(StrEnum):
@@ -65,6 +72,17 @@ class Init(StrEnum):
     kaiming_uniform = "kaiming_uniform"
 
 
+class BiasInit(StrEnum):
+    default = "default"  # torch.nn.Linear's own
+    zeros = "zeros"
+    normal = "normal"  # N(0, init_std) like the weights (note 000's concise MLP)
+
+
+class DropoutImpl(StrEnum):
+    nn = "nn"  # torch.nn.Dropout
+    scratch = "scratch"  # the notes' mask = rand > p; x * mask / (1 - p)
+
+
 class Reduction(StrEnum):
     mean = "mean"
     sum = "sum"
@@ -81,12 +99,14 @@ class DataConfig:
     val_size: int = 5000
     split_seed: int = 0
     loader: Loader = Loader.device
+    normalize: Normalize = Normalize.none
 
 
 @dataclass
 class IdxDataConfig(DataConfig):
     root: str = "data"  # searched first; torchvision downloads here
     verify: bool = True  # MD5 of the decoded IDX files against the published release
+    classes: list[int] | None = None  # keep these classes only, relabelled 0..k-1 (bce: two)
 
 
 @dataclass
@@ -94,6 +114,17 @@ class SyntheticDataConfig(DataConfig):
     train_size: int = 1200
     test_size: int = 400
     seed: int = 0
+    num_classes: int = 10
+    features: int | None = None  # None: 28x28 uint8 images; n: n real-valued features
+
+
+@dataclass
+class RegressionDataConfig(DataConfig):
+    train_size: int = 4000
+    test_size: int = 1000
+    seed: int = 0
+    features: int = 10
+    noise: float = 1.0
 
 
 @dataclass
@@ -101,10 +132,36 @@ class MLPConfig:
     _target_: str = "mlp_experiments.models.MLP"
     hidden_sizes: list[int] = field(default_factory=lambda: [256])
     activation: Activation = Activation.relu
-    dropout: float = 0.0
+    dropout: Any = 0.0  # one rate for every hidden layer, or a list with one rate per layer
+    dropout_impl: DropoutImpl = DropoutImpl.nn
     init: Init = Init.default
     init_std: float = 0.01
-    zero_bias: bool = False
+    bias_init: BiasInit = BiasInit.default
+
+
+@dataclass
+class ScratchMLPConfig:
+    _target_: str = "mlp_experiments.models.ScratchMLP"
+    hidden_sizes: list[int] = field(default_factory=lambda: [256])
+    init_std: float = 0.01
+
+
+@dataclass
+class ModelDemoConfig:
+    _target_: str = "mlp_experiments.models.ModelDemo"
+
+
+@dataclass
+class CNNConfig:
+    _target_: str = "mlp_experiments.models.CNN"
+
+
+@dataclass
+class ScratchSGDConfig:
+    _target_: str = "mlp_experiments.optim.ScratchSGD"
+    _partial_: bool = True
+    lr: float = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
@@ -117,8 +174,26 @@ class SGDConfig:
 
 
 @dataclass
+class AdagradConfig:
+    _target_: str = "torch.optim.Adagrad"
+    _partial_: bool = True
+    lr: float = MISSING
+    eps: float = 1e-10
+
+
+@dataclass
+class RMSpropConfig:
+    _target_: str = "torch.optim.RMSprop"
+    _partial_: bool = True
+    lr: float = MISSING
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+
+
+@dataclass
 class AdamConfig:
-    _target_: str = "torch.optim.Adam"
+    _target_: str = MISSING  # torch.optim.Adam or torch.optim.AdamW
     _partial_: bool = True
     lr: float = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -154,15 +229,30 @@ class ExponentialLRConfig:
 
 
 @dataclass
-class CrossEntropyConfig:
-    _target_: str = "torch.nn.CrossEntropyLoss"
+class CosineLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    _partial_: bool = True
+    T_max: int = MISSING
+    eta_min: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    _target_: str = MISSING
     reduction: Reduction = Reduction.mean
 
 
 @dataclass
+class SmoothL1Config(LossConfig):
+    beta: float = 1.0
+
+
+@dataclass
 class RegularizationConfig:
-    weight_decay: float = 0.0
-    decay_biases: bool = False  # False: decay weights only, as weight decay is usually meant
+    weight_decay: float = 0.0  # through the optimizer
+    decay_biases: bool = False  # False: weight decay and penalties on weight matrices only
+    l2_penalty: float = 0.0  # lambda of lambda/2 * ||w||^2 added to the loss (note 004)
+    l1_penalty: float = 0.0  # lambda of lambda * |w|_1 added to the loss
 
 
 @dataclass
@@ -200,16 +290,32 @@ class TrainConfig:
 
 
 SCHEMAS = {
-    "data": {"idx": IdxDataConfig, "synthetic": SyntheticDataConfig},
-    "model": {"mlp": MLPConfig},
-    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "data": {
+        "idx": IdxDataConfig,
+        "synthetic": SyntheticDataConfig,
+        "regression": RegressionDataConfig,
+    },
+    "model": {
+        "mlp": MLPConfig,
+        "scratch_mlp": ScratchMLPConfig,
+        "model_demo": ModelDemoConfig,
+        "cnn": CNNConfig,
+    },
+    "optimizer": {
+        "scratch_sgd": ScratchSGDConfig,
+        "sgd": SGDConfig,
+        "adagrad": AdagradConfig,
+        "rmsprop": RMSpropConfig,
+        "adam": AdamConfig,
+    },
     "scheduler": {
         "none": NoSchedulerConfig,
         "step": StepLRConfig,
         "multistep": MultiStepLRConfig,
         "exponential": ExponentialLRConfig,
+        "cosine": CosineLRConfig,
     },
-    "loss": {"cross_entropy": CrossEntropyConfig},
+    "loss": {"loss": LossConfig, "smooth_l1": SmoothL1Config},
 }
 
 
@@ -235,6 +341,82 @@ def check_targets(cfg: Any, path: str = "") -> None:
     elif isinstance(cfg, ListConfig):
         for index, value in enumerate(cfg):
             check_targets(value, f"{path}[{index}]")
+
+
+@dataclass(frozen=True)
+class LossKind:
+    option: str  # the loss group option that selects it
+    task: str  # classification, binary or regression
+    takes: str  # what it reads from the model: logits, probabilities or values
+
+
+LOSS_KINDS = {
+    "torch.nn.CrossEntropyLoss": LossKind("cross_entropy", "classification", "logits"),
+    "mlp_experiments.losses.LogSoftmaxNLL": LossKind("nll", "classification", "logits"),
+    "mlp_experiments.losses.OneHotMSE": LossKind("mse_onehot", "classification", "logits"),
+    "mlp_experiments.losses.ScratchCrossEntropy": LossKind(
+        "scratch_cross_entropy", "classification", "probabilities"
+    ),
+    "mlp_experiments.losses.SigmoidBCE": LossKind("bce", "binary", "logits"),
+    "torch.nn.L1Loss": LossKind("l1", "regression", "values"),
+    "torch.nn.MSELoss": LossKind("mse", "regression", "values"),
+    "torch.nn.SmoothL1Loss": LossKind("smooth_l1", "regression", "values"),
+}
+# The notes' hand-written networks end in their own softmax: they output probabilities.
+PROBABILITY_MODELS = {"mlp_experiments.models.ScratchMLP", "mlp_experiments.models.ModelDemo"}
+IMAGE_MODELS = {"mlp_experiments.models.CNN"}
+
+
+def data_task(data: DictConfig) -> tuple[str, int]:
+    """("regression", 1) or ("classification", number of classes) for a data config."""
+    if data.name == DatasetName.regression:
+        return "regression", 1
+    if data.name == DatasetName.synthetic:
+        return "classification", data.num_classes
+    return "classification", len(data.classes) if data.classes else 10
+
+
+def _has_images(data: DictConfig) -> bool:
+    return data.name != DatasetName.regression and data.get("features") is None
+
+
+def check_compatibility(cfg: DictConfig) -> None:
+    """Combinations that cannot train fail here, before any data is read."""
+    task, num_classes = data_task(cfg.data)
+    kind = LOSS_KINDS.get(cfg.loss._target_)
+    if kind is not None:
+        if task == "regression" and kind.task != "regression":
+            raise UserError(
+                f"loss={kind.option} scores class labels (accuracy), but data=regression has "
+                f"real-valued targets: use loss=l1, loss=mse or loss=smooth_l1."
+            )
+        if task != "regression" and kind.task == "regression":
+            raise UserError(
+                f"loss={kind.option} compares real values, but data={cfg.data.name} has class "
+                f"labels: use loss=cross_entropy, nll or mse_onehot (or data=regression)."
+            )
+        if kind.task == "binary" and num_classes != 2:
+            raise UserError(
+                f"loss=bce is for two classes, but data={cfg.data.name} has {num_classes}: "
+                f"keep two with data.classes (e.g. data.classes=[0,6]) or use loss=cross_entropy."
+            )
+        model_output = "probabilities" if cfg.model._target_ in PROBABILITY_MODELS else "logits"
+        if (kind.takes == "probabilities") != (model_output == "probabilities"):
+            raise UserError(
+                f"model {cfg.model._target_} outputs {model_output} but loss={kind.option} "
+                f"takes {kind.takes}: pair model=scratch_mlp or model_demo with "
+                f"loss=scratch_cross_entropy, and every other model with the other losses."
+            )
+    if cfg.model._target_ in IMAGE_MODELS and not _has_images(cfg.data):
+        raise UserError(
+            f"model=cnn needs 28x28 images, but data={cfg.data.name} gives flat feature "
+            f"vectors: use model=mlp."
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    check_targets(cfg)
+    check_compatibility(cfg)
 
 
 def config_hash(cfg: DictConfig, data_digest: str) -> str:
@@ -316,5 +498,5 @@ def check_overrides(overrides: list[str]) -> DictConfig:
         except (HydraException, OmegaConfBaseException):
             base = None
         raise UserError(explain_unknown_key(_with_causes(error), base)) from None
-    check_targets(cfg)
+    validate(cfg)
     return cfg

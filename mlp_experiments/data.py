@@ -23,7 +23,7 @@ import torch
 
 from mlp_experiments.config import UserError
 
-SPLIT_FILES = {
+SPLIT_FILES = {  # split -> (images, labels)
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -65,15 +65,25 @@ SOURCES = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Decoded images (uint8, N x 28 x 28) and labels (int64) of each split."""
+    """Inputs and targets of each split: uint8 N x 28 x 28 images and int64 labels, or float
+    N x F features and float N x 1 targets for regression."""
 
     name: str
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # empty for regression
     digest: str  # identifies the exact bytes (or generator settings) the splits came from
     source: str  # where the files were read, for the record
+    normalization: tuple[float, float] | None = None  # (mean, std) for images in [0, 1]
+
+    @property
+    def in_features(self) -> int:
+        return self.train[0][0].numel()
+
+    @property
+    def regression(self) -> bool:
+        return not self.classes
 
 
 # ---------------------------------------------------------------------------- IDX files
@@ -170,7 +180,16 @@ def _read_release(name: str, files: dict[str, Path], verify: bool) -> tuple[dict
                 f"set data.verify=false."
             )
         digests.append(md5)
-    return tensors, hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+    splits = {}
+    for split, (image_file, label_file) in SPLIT_FILES.items():
+        images, labels = tensors[image_file], tensors[label_file].long()
+        if len(images) != len(labels):
+            raise UserError(
+                f"{files[image_file]} holds {len(images)} images but {files[label_file]} "
+                f"{len(labels)} labels. {_REFETCH}"
+            )
+        splits[split] = (images, labels)
+    return splits, hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)
@@ -181,65 +200,116 @@ def load_release(name: str, root: str, verify: bool) -> tuple[dict, str, str]:
     if files is None:
         _download(name, source, root)
         files = _find_release(source, root)
-    tensors, digest = _read_release(name, files, verify)
-    return tensors, digest, str(next(iter(files.values())).parent)
+    splits, digest = _read_release(name, files, verify)
+    return splits, digest, str(next(iter(files.values())).parent)
+
+
+# ---------------------------------------------------------------------------- generated data
+
+
+def _digest(*settings) -> str:
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+
+
+def synthetic_release(cfg) -> tuple[dict, str]:
+    """Noisy copies of one random prototype per class: 28x28 uint8 images (or `features`
+    real values), learnable in one epoch, the same for the same seed."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    shape = (28, 28) if cfg.features is None else (cfg.features,)
+    prototypes = torch.rand(cfg.num_classes, *shape, generator=generator)
+
+    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, cfg.num_classes, (count,), generator=generator)
+        inputs = prototypes[labels] + torch.randn(count, *shape, generator=generator) * 0.25
+        if cfg.features is None:
+            inputs = (inputs * 255).clamp(0, 255).to(torch.uint8)
+        return inputs, labels
+
+    splits = {"train": draw(cfg.train_size), "test": draw(cfg.test_size)}
+    settings = ("synthetic", cfg.train_size, cfg.test_size, cfg.seed, cfg.num_classes, cfg.features)
+    return splits, _digest(*settings)
+
+
+def friedman1(x: torch.Tensor) -> torch.Tensor:
+    return (10 * torch.sin(torch.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2
+            + 10 * x[:, 3] + 5 * x[:, 4])
+
+
+def regression_release(cfg) -> tuple[dict, str]:
+    """Friedman's problem #1: only the first five of `features` uniform inputs matter."""
+    if cfg.features < 5:
+        raise UserError(f"data.features={cfg.features}: Friedman's problem needs at least 5.")
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.rand(count, cfg.features, generator=generator)
+        noise = torch.randn(count, generator=generator) * cfg.noise
+        return inputs, (friedman1(inputs) + noise).unsqueeze(1)
+
+    splits = {"train": draw(cfg.train_size), "test": draw(cfg.test_size)}
+    settings = ("regression", cfg.train_size, cfg.test_size, cfg.seed, cfg.features, cfg.noise)
+    return splits, _digest(*settings)
 
 
 # ---------------------------------------------------------------------------- splits
 
 
 def split_validation(
-    images: torch.Tensor, labels: torch.Tensor, val_size: int, seed: int
+    inputs: torch.Tensor, targets: torch.Tensor, val_size: int, seed: int
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Carve a seeded, disjoint validation split from the training set."""
-    if not 0 <= val_size < len(images):
+    if not 0 <= val_size < len(inputs):
         raise UserError(
-            f"data.val_size={val_size} must be at least 0 and below the {len(images)} "
+            f"data.val_size={val_size} must be at least 0 and below the {len(inputs)} "
             f"training examples."
         )
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_size], order[val_size:]
-    return (images[train_index], labels[train_index]), (images[val_index], labels[val_index])
+    return (inputs[train_index], targets[train_index]), (inputs[val_index], targets[val_index])
 
 
-def synthetic_release(train_size: int, test_size: int, seed: int) -> tuple[dict, str]:
-    """Ten noisy 28x28 prototypes: learnable in one epoch, deterministic for a given seed."""
-    generator = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, 28, 28, generator=generator) * 255
+def select_classes(split, keep: list[int], num_classes: int):
+    """Only the examples of the `keep` classes, relabelled 0..len(keep)-1 in that order."""
+    if len(set(keep)) != len(keep) or not all(0 <= c < num_classes for c in keep):
+        raise UserError(
+            f"data.classes={keep} must name distinct classes between 0 and {num_classes - 1}."
+        )
+    inputs, labels = split
+    relabel = torch.full((num_classes,), -1, dtype=torch.long)
+    relabel[keep] = torch.arange(len(keep))
+    mask = relabel[labels] >= 0
+    return inputs[mask], relabel[labels[mask]]
 
-    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(0, 10, (count,), generator=generator)
-        noise = torch.randn(count, 28, 28, generator=generator) * 60
-        images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
-        return images, labels
 
-    tensors = {}
-    for (image_file, label_file), count in zip(
-        SPLIT_FILES.values(), (train_size, test_size), strict=True
-    ):
-        tensors[image_file], tensors[label_file] = draw(count)
-    digest = hashlib.sha256(f"synthetic:{train_size}:{test_size}:{seed}".encode()).hexdigest()
-    return tensors, digest[:16]
+NORMALIZATIONS = {"none": None, "mnist": (0.1307, 0.3081)}
+
+
+def normalization(cfg, train_inputs: torch.Tensor) -> tuple[float, float] | None:
+    """(mean, std) of the pixel values in [0, 1] that batches are normalised with."""
+    if cfg.normalize == "computed":
+        pixels = train_inputs.float() / 255
+        return pixels.mean().item(), pixels.std().item()
+    return NORMALIZATIONS[cfg.normalize.value]
 
 
 def load_dataset(cfg) -> Dataset:
     """Build the train/val/test splits that `cfg.data` describes."""
     if cfg.name == "synthetic":
-        tensors, digest = synthetic_release(cfg.train_size, cfg.test_size, cfg.seed)
-        classes, where = tuple(f"class {i}" for i in range(10)), "generated"
+        splits, digest = synthetic_release(cfg)
+        classes, where = tuple(f"class {i}" for i in range(cfg.num_classes)), "generated"
+    elif cfg.name == "regression":
+        splits, digest = regression_release(cfg)
+        classes, where = (), "generated"
     else:
-        tensors, digest, where = load_release(str(cfg.name.value), cfg.root, cfg.verify)
+        splits, digest, where = load_release(cfg.name.value, cfg.root, cfg.verify)
         classes = SOURCES[cfg.name.value].classes
-    splits = {}
-    for split, (image_file, label_file) in SPLIT_FILES.items():
-        images, labels = tensors[image_file], tensors[label_file].long()
-        if len(images) != len(labels):
-            raise UserError(
-                f"{cfg.name.value}: {len(images)} {split} images but {len(labels)} labels."
-            )
-        splits[split] = (images, labels)
+        if cfg.classes:
+            splits = {name: select_classes(split, list(cfg.classes), len(classes))
+                      for name, split in splits.items()}
+            classes = tuple(classes[c] for c in cfg.classes)
     train, val = split_validation(*splits["train"], cfg.val_size, cfg.split_seed)
-    return Dataset(str(cfg.name.value), train, val, splits["test"], classes, digest, where)
+    stats = normalization(cfg, train[0]) if train[0].dtype == torch.uint8 else None
+    return Dataset(cfg.name.value, train, val, splits["test"], classes, digest, where, stats)
 
 
 # ---------------------------------------------------------------------------- batching
@@ -252,41 +322,55 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class DeviceBatches:
-    """The whole split on the training device; each epoch a fresh permutation, sliced there."""
+    """The whole split on the training device; each epoch a fresh permutation, sliced there.
+    uint8 images become float (N, 1, 28, 28) in [0, 1], normalised when asked."""
 
-    def __init__(self, images, labels, batch_size: int, device: torch.device, shuffle: bool):
-        self.images = images.to(device)
-        self.labels = labels.to(device)
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.num_examples = len(labels)
+    def __init__(self, inputs, targets, batch_size: int, device: torch.device, shuffle: bool,
+                 stats: tuple[float, float] | None = None):
+        self.inputs = inputs.to(device)
+        self.targets = targets.to(device)
+        self.batch_size, self.shuffle, self.stats = batch_size, shuffle, stats
+        self.num_examples = len(targets)
 
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
 
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=epoch_generator(seed, epoch))
-            order = order.to(self.images.device)
-        for start in range(0, count, self.batch_size):
+            order = torch.randperm(self.num_examples, generator=epoch_generator(seed, epoch))
+            order = order.to(self.inputs.device)
+        for start in range(0, self.num_examples, self.batch_size):
             if self.shuffle:
                 index = order[start : start + self.batch_size]
-                images = self.images.index_select(0, index)  # faster than images[index]
-                labels = self.labels.index_select(0, index)
+                inputs = self.inputs.index_select(0, index)  # faster than inputs[index]
+                targets = self.targets.index_select(0, index)
             else:
-                images = self.images[start : start + self.batch_size]
-                labels = self.labels[start : start + self.batch_size]
-            yield images.unsqueeze(1) / 255, labels  # uint8 / int promotes to float32
+                inputs = self.inputs[start : start + self.batch_size]
+                targets = self.targets[start : start + self.batch_size]
+            yield self.to_model_input(inputs), targets
+
+    def to_model_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dtype != torch.uint8:
+            return inputs
+        images = inputs.unsqueeze(1) / 255  # uint8 / int promotes to float32
+        if self.stats:
+            images = images.sub_(self.stats[0]).div_(self.stats[1])
+        return images
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """The notes' per-sample path: a PIL image through `transforms.ToTensor()`."""
+    """The notes' per-sample path: a PIL image through `transforms.ToTensor()` (and
+    `transforms.Normalize` when asked, as note 003 does)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 stats: tuple[float, float] | None = None):
         from torchvision import transforms
 
         self.images, self.labels = images.numpy(), labels
-        self.to_tensor = transforms.ToTensor()
+        steps = [transforms.ToTensor()]
+        if stats:
+            steps.append(transforms.Normalize((stats[0],), (stats[1],)))
+        self.transform = transforms.Compose(steps)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -294,16 +378,20 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         from PIL import Image
 
-        return self.to_tensor(Image.fromarray(self.images[index])), self.labels[index]
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 class LoaderBatches:
-    """`torch.utils.data.DataLoader` over `ImageDataset`, moved to the device batch by batch."""
+    """`torch.utils.data.DataLoader` over one example at a time, moved to the device per batch."""
 
-    def __init__(self, images, labels, batch_size: int, device: torch.device, shuffle: bool):
-        self.dataset = ImageDataset(images, labels)
+    def __init__(self, inputs, targets, batch_size: int, device: torch.device, shuffle: bool,
+                 stats: tuple[float, float] | None = None):
+        if inputs.dtype == torch.uint8:
+            self.dataset = ImageDataset(inputs, targets, stats)
+        else:
+            self.dataset = torch.utils.data.TensorDataset(inputs, targets)
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
-        self.num_examples = len(labels)
+        self.num_examples = len(targets)
 
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
@@ -315,10 +403,13 @@ class LoaderBatches:
             shuffle=self.shuffle,
             generator=epoch_generator(seed, epoch),
         )
-        for images, labels in loader:
-            yield images.to(self.device), labels.to(self.device)
+        for inputs, targets in loader:
+            yield inputs.to(self.device), targets.to(self.device)
 
 
-def make_batches(split, batch_size: int, device: torch.device, loader: str, shuffle: bool):
+def make_batches(dataset: Dataset, split: str, batch_size: int, device: torch.device,
+                 loader: str):
+    """Batches of one split; only the training split is shuffled."""
     batches_class = DeviceBatches if loader == "device" else LoaderBatches
-    return batches_class(*split, batch_size=batch_size, device=device, shuffle=shuffle)
+    return batches_class(*getattr(dataset, split), batch_size=batch_size, device=device,
+                         shuffle=split == "train", stats=dataset.normalization)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mlp_experiments.config import UserError
+from mlp_experiments.losses import Scoring, predict_classes
 
 EpochHook = Callable[[int, dict[str, float]], None]
 BatchWrapper = Callable[[Iterable, int, int], Iterable]
@@ -32,9 +33,35 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     outcome: str = COMPLETED
 
+    def best(self, metric: str) -> float:
+        """The best value of a metric over the epochs: highest accuracy, lowest anything else."""
+        values = [m[metric] for m in self.history if math.isfinite(m[metric])]
+        if not values:
+            return float("nan")
+        return max(values) if metric.endswith("acc") else min(values)
+
+
+@dataclass
+class Objective:
+    """What the loop minimises and how it scores the outputs."""
+
+    loss_fn: nn.Module
+    scoring: Scoring
+    penalty: Callable[[], torch.Tensor] | None = None  # explicit L1/L2 terms on the weights
+
+    def penalty_term(self, count: int) -> torch.Tensor | float:
+        if self.penalty is None:
+            return 0.0
+        # The penalty belongs to every example: a summed loss carries it once per example.
+        return self.penalty() * (count if self.summed else 1)
+
     @property
-    def best_val_acc(self) -> float:
-        return max((m["val_acc"] for m in self.history), default=float("nan"))
+    def summed(self) -> bool:
+        return getattr(self.loss_fn, "reduction", "mean") == "sum"
+
+    def example_sum(self, loss: torch.Tensor, count: int) -> torch.Tensor:
+        """The batch's data loss summed over its examples, whatever the reduction."""
+        return loss.detach() if self.summed else loss.detach() * count
 
 
 def seed_everything(seed: int) -> None:
@@ -53,24 +80,19 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _example_sum(loss: torch.Tensor, loss_fn: nn.Module, count: int) -> torch.Tensor:
-    """The batch's summed per-example loss, whatever the loss's reduction."""
-    summed = getattr(loss_fn, "reduction", "mean") == "sum"
-    return loss.detach() if summed else loss.detach() * count
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, loss_fn: nn.Module, autocast) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches, objective: Objective, autocast) -> dict[str, float]:
+    """Mean data loss and the task's metrics over a whole split."""
     model.eval()
-    loss_sum = correct = count = 0
-    for images, labels in batches.epoch(0, 0):
+    loss_sum, sums = 0.0, 0.0
+    for inputs, targets in batches.epoch(0, 0):
         with autocast():
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        loss_sum += _example_sum(loss, loss_fn, len(labels)).float()
-        correct += (logits.argmax(dim=1) == labels).sum()
-        count += len(labels)
-    return float(loss_sum) / count, float(correct) / count
+            outputs = model(inputs)
+            loss = objective.loss_fn(outputs, targets)
+        loss_sum += objective.example_sum(loss, len(targets)).float()
+        sums += objective.scoring.batch_sums(outputs, targets)
+    count = batches.num_examples
+    return {"loss": float(loss_sum) / count, **objective.scoring.finish(sums, count)}
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -135,7 +157,7 @@ def should_stop_early(history: list[dict[str, float]], patience: int) -> bool:
 
 def fit(
     model: nn.Module,
-    loss_fn: nn.Module,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler,
     batches: dict,
@@ -164,29 +186,30 @@ def fit(
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device_type)
-        correct = torch.zeros((), device=device_type, dtype=torch.long)
-        for images, labels in wrap_batches(train.epoch(settings.seed, epoch), epoch, len(train)):
+        sums = torch.zeros(len(objective.scoring.names), device=device_type)
+        for inputs, targets in wrap_batches(train.epoch(settings.seed, epoch), epoch, len(train)):
             with autocast():
-                logits = model(images)
-                loss = loss_fn(logits, labels)
+                outputs = model(inputs)
+                data_loss = objective.loss_fn(outputs, targets)
+            loss = data_loss + objective.penalty_term(len(targets))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += _example_sum(loss, loss_fn, len(labels)).float()
-            correct += (logits.argmax(dim=1) == labels).sum()
+            loss_sum += objective.example_sum(data_loss, len(targets))
+            sums += objective.scoring.batch_sums(outputs, targets)
         train_seconds = time.perf_counter() - started
         if scheduler is not None:
             scheduler.step()
-        examples = train.num_examples
-        metrics = {"train_loss": float(loss_sum) / examples, "train_acc": float(correct) / examples}
+        metrics = {"train_loss": float(loss_sum) / train.num_examples}
+        scores = objective.scoring.finish(sums, train.num_examples)
+        metrics |= {f"train_{name}": value for name, value in scores.items()}
         for split in ("val", "test"):
-            metrics[f"{split}_loss"], metrics[f"{split}_acc"] = evaluate(
-                model, batches[split], loss_fn, autocast
-            )
+            scores = evaluate(model, batches[split], objective, autocast)
+            metrics |= {f"{split}_{name}": value for name, value in scores.items()}
         metrics |= {
             "lr": lr,
             "epoch_time_s": time.perf_counter() - started,
-            "samples_per_s": examples / train_seconds,
+            "samples_per_s": train.num_examples / train_seconds,
         }
         result.history.append(metrics)
         diverged = not math.isfinite(metrics["train_loss"])
@@ -209,7 +232,7 @@ def fit(
 def predict(model: nn.Module, batches) -> np.ndarray:
     """Predicted class of every example of a non-shuffled split, in order."""
     model.eval()
-    predictions = [model(images).argmax(dim=1).cpu() for images, _ in batches.epoch(0, 0)]
+    predictions = [predict_classes(model(inputs)).cpu() for inputs, _ in batches.epoch(0, 0)]
     return torch.cat(predictions).numpy()
 
 

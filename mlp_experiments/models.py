@@ -1,8 +1,15 @@
-"""The networks of the notes, built from config by `hydra.utils.instantiate`."""
+"""The networks of the notes, built from config by `hydra.utils.instantiate`.
+
+Every model is called as `Model(in_features, num_outputs, **config)`; `in_features` and
+`num_outputs` come from the data (784 pixels and 10 classes for FashionMNIST).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from mlp_experiments.config import UserError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -23,44 +30,145 @@ WEIGHT_INITS = {
 }
 
 
-def init_linear(layer: nn.Linear, init: str, std: float, zero_bias: bool) -> None:
-    """`normal` draws every parameter, bias included, from N(0, std) as note 000 does."""
+def init_linear(layer: nn.Linear, init: str, std: float, bias_init: str) -> None:
     if init == "normal":
         nn.init.normal_(layer.weight, mean=0.0, std=std)
-        if not zero_bias:
-            nn.init.normal_(layer.bias, mean=0.0, std=std)
     elif init != "default":
         WEIGHT_INITS[init](layer.weight)
-    if zero_bias:
+    if bias_init == "zeros":
         nn.init.zeros_(layer.bias)
+    elif bias_init == "normal":
+        nn.init.normal_(layer.bias, mean=0.0, std=std)
+
+
+class ScratchDropout(nn.Module):
+    """Note 004's hand-written dropout: keep with probability 1 - p and rescale by 1 / (1 - p),
+    only in training, so the expectation of every unit is unchanged."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return torch.zeros_like(x)
+        mask = (torch.rand(x.shape, device=x.device) > self.p).float()
+        return mask * x / (1.0 - self.p)
+
+
+DROPOUTS = {"nn": nn.Dropout, "scratch": ScratchDropout}
+
+
+def dropout_rates(dropout: float | list[float], layers: int) -> list[float]:
+    rates = [dropout] * layers if isinstance(dropout, int | float) else list(dropout)
+    if len(rates) != layers or not all(0 <= rate < 1 for rate in rates):
+        raise UserError(
+            f"model.dropout={dropout} must be one rate in [0, 1) or one per hidden layer "
+            f"({layers} here)."
+        )
+    return rates
 
 
 class MLP(nn.Sequential):
     """Flatten, then Linear + activation (+ dropout) per hidden size, then a Linear to the
-    classes: `MLP(784, 10, hidden_sizes=[256])` is the notes' concise 784-256-10 network."""
+    outputs: `MLP(784, 10, hidden_sizes=[256])` is the notes' concise 784-256-10 network."""
 
     def __init__(
         self,
         in_features: int,
-        num_classes: int,
+        num_outputs: int,
         hidden_sizes: list[int],
         activation: str = "relu",
-        dropout: float = 0.0,
+        dropout: float | list[float] = 0.0,
+        dropout_impl: str = "nn",
         init: str = "default",
         init_std: float = 0.01,
-        zero_bias: bool = False,
+        bias_init: str = "default",
     ):
         layers: list[nn.Module] = [nn.Flatten()]
         widths = [in_features, *hidden_sizes]
-        for width_in, width_out in zip(widths, widths[1:], strict=False):
+        rates = dropout_rates(dropout, len(hidden_sizes))
+        for width_in, width_out, rate in zip(widths, widths[1:], rates, strict=False):
             layers += [nn.Linear(width_in, width_out), ACTIVATIONS[activation]()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(widths[-1], num_classes))
+            if rate > 0:
+                layers.append(DROPOUTS[dropout_impl](rate))
+        layers.append(nn.Linear(widths[-1], num_outputs))
         super().__init__(*layers)
         for layer in self.modules():
             if isinstance(layer, nn.Linear):
-                init_linear(layer, init, init_std, zero_bias)
+                init_linear(layer, init, init_std, bias_init)
+
+
+def scratch_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.max(x, torch.zeros_like(x))
+
+
+def scratch_softmax(x: torch.Tensor) -> torch.Tensor:
+    exp = x.exp()
+    return exp / exp.sum(dim=1, keepdim=True)
+
+
+class ScratchMLP(nn.Module):
+    """Note 000 from scratch: raw weight tensors W ~ N(0, init_std) and zero biases, the
+    hand-written relu between layers and the hand-written softmax at the end (it returns
+    probabilities, which loss=scratch_cross_entropy takes)."""
+
+    def __init__(self, in_features: int, num_outputs: int, hidden_sizes: list[int],
+                 init_std: float = 0.01):
+        super().__init__()
+        widths = [in_features, *hidden_sizes, num_outputs]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(width_in, width_out) * init_std)
+            for width_in, width_out in zip(widths, widths[1:], strict=False)
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(width)) for width in widths[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], -1)
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = h @ weight + bias
+            if index < len(self.weights) - 1:
+                h = scratch_relu(h)
+        return scratch_softmax(h)
+
+
+class ModelDemo(nn.Module):
+    """Note 001's demo: Linear(3,3) xavier_normal + sigmoid, Linear(3,2) kaiming_normal + relu,
+    Linear(2,2) + softmax; zero biases; 26 parameters."""
+
+    def __init__(self, in_features: int = 3, num_outputs: int = 2):
+        super().__init__()
+        if (in_features, num_outputs) != (3, 2):
+            raise UserError(
+                f"model=model_demo is 3 inputs -> 2 outputs, the data gives {in_features} -> "
+                f"{num_outputs}: use data=synthetic data.features=3 data.num_classes=2 "
+                f"(or experiment=model_demo)."
+            )
+        self.linear1 = nn.Linear(3, 3)
+        nn.init.xavier_normal_(self.linear1.weight)
+        nn.init.zeros_(self.linear1.bias)
+        self.linear2 = nn.Linear(3, 2)
+        nn.init.kaiming_normal_(self.linear2.weight, nonlinearity="relu")
+        nn.init.zeros_(self.linear2.bias)
+        self.out = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(self.linear1(x))
+        x = torch.relu(self.linear2(x))
+        return torch.softmax(self.out(x), dim=-1)
+
+
+class CNN(nn.Sequential):
+    """Note 003's network: two 5x5 convolutions with max-pooling, then one linear layer."""
+
+    def __init__(self, in_features: int = 784, num_outputs: int = 10):
+        super().__init__(
+            nn.Conv2d(1, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(10, 20, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(320, num_outputs),
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

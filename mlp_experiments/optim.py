@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedulers from their `_partial_` configs."""
+"""Optimizers and learning-rate schedulers from their `_partial_` configs, and the notes'
+hand-written SGD."""
 
 from __future__ import annotations
 
@@ -6,13 +7,39 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from mlp_experiments.losses import is_penalized
+
+
+class ScratchSGD(torch.optim.Optimizer):
+    """Note 000's `sgd`: `p -= lr * p.grad / batch_size` for a loss summed over the batch (the
+    divisor is the configured batch size, also for a smaller last batch, as in the notes).
+    Weight decay, when configured, is added per example: `lr * weight_decay * p`."""
+
+    def __init__(self, params, lr: float, batch_size: int, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "batch_size": batch_size, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    update = parameter.grad / group["batch_size"]
+                    if group["weight_decay"]:
+                        update = update + group["weight_decay"] * parameter
+                    parameter -= group["lr"] * update
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zeroed by hand, as the notes do (`param.grad.data.zero_()`)."""
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.grad.zero_()
+
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict]:
-    """Weight decay on the weight matrices only (or on every parameter with decay_biases):
-    vectors such as biases and PReLU slopes are not what L2 regularisation is meant to shrink."""
     decayed, kept = [], []
     for parameter in model.parameters():
-        (decayed if decay_biases or parameter.ndim > 1 else kept).append(parameter)
+        (decayed if is_penalized(parameter, decay_biases) else kept).append(parameter)
     groups = [{"params": decayed, "weight_decay": weight_decay}]
     if kept:
         groups.append({"params": kept, "weight_decay": 0.0})

@@ -78,34 +78,39 @@ class MlflowTracker:
         batch = [Metric(name, value, timestamp, epoch) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
-    def log_results(self, model, history, dataset, predictions: np.ndarray, table: str) -> None:
-        test_images, test_labels = dataset.test
-        labels = test_labels.numpy()
-        figures = {
-            "plots/learning_curves.png": plots.learning_curves(history),
-            "plots/confusion_matrix.png": plots.confusion_matrix(
+    def log_results(self, model, history, dataset, predictions: np.ndarray | None, table: str,
+                    test_batches) -> None:
+        """Plots, parameter table and model; `predictions` are the test set's classes (None
+        for regression, which has no confusion matrix)."""
+        figures = {"plots/learning_curves.png": plots.learning_curves(history)}
+        if predictions is not None:
+            test_images, test_labels = dataset.test
+            labels = test_labels.numpy()
+            figures["plots/confusion_matrix.png"] = plots.confusion_matrix(
                 labels, predictions, dataset.classes
-            ),
-            "plots/predictions.png": plots.prediction_grid(
-                test_images[:16].numpy(), labels[:16], predictions[:16], dataset.classes
-            ),
-        }
+            )
+            if test_images.dtype == torch.uint8:
+                figures["plots/predictions.png"] = plots.prediction_grid(
+                    test_images[:16].numpy(), labels[:16], predictions[:16], dataset.classes
+                )
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
             plots.plt.close(figure)
         mlflow.log_text(table, "parameters.md")
         if self.cfg.log_model:
-            self._log_model(model, test_images[:4])
+            example_inputs, _ = next(iter(test_batches.epoch(0, 0)))
+            self._log_model(model, example_inputs[:4])
 
-    def _log_model(self, model: torch.nn.Module, images: torch.Tensor) -> None:
+    def _log_model(self, model: torch.nn.Module, inputs: torch.Tensor) -> None:
+        """The state dict, and an MLflow PyTorch model with its signature and input example."""
         model = model.cpu().eval()
         with tempfile.TemporaryDirectory() as folder:
             state_path = Path(folder) / "state_dict.pt"
             torch.save(model.state_dict(), state_path)
             mlflow.log_artifact(str(state_path), "model_state")
-        example = images.unsqueeze(1).float().div(255).numpy()
+        example = inputs.cpu().numpy()
         with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
+            output = model(inputs.cpu()).numpy()
         mlflow.pytorch.log_model(
             model,
             name="model",

@@ -6,6 +6,7 @@ answered in about a second. `train(cfg)` is the function sweeps call for each tr
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -15,18 +16,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mlp_experiments.config import (
+    LOSS_KINDS,
     UserError,
     check_overrides,
-    check_targets,
     config_hash,
+    data_task,
     register_configs,
+    validate,
 )
 
 log = logging.getLogger("mlp_experiments")
 register_configs()
-
-IMAGE_FEATURES = 28 * 28
-
 
 def _hydra_context() -> tuple[str, dict[str, str]]:
     """The command-line overrides and the chosen group options, when Hydra launched us."""
@@ -43,10 +43,10 @@ def _hydra_context() -> tuple[str, dict[str, str]]:
 
 def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str | None = None):
     """Train the configured model; return the engine's FitResult (history and outcome)."""
-    check_targets(cfg)
+    validate(cfg)
     from hydra.utils import instantiate
 
-    from mlp_experiments import data, engine, models, optim
+    from mlp_experiments import data, engine, losses, models, optim
     from mlp_experiments.progress import Progress
 
     tracker = None
@@ -68,16 +68,23 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
         else:
             log.info("no checkpoint at %s: starting from epoch 1", checkpoint)
 
-    model = instantiate(cfg.model, in_features=IMAGE_FEATURES, num_classes=len(dataset.classes))
-    model = model.to(device)
-    loss_fn = instantiate(cfg.loss)
-    optimizer = optim.build_optimizer(cfg.optimizer, cfg.regularization, model)
+    model = instantiate(cfg.model, in_features=dataset.in_features,
+                        num_outputs=num_outputs(cfg, dataset)).to(device)
+    regularization = cfg.regularization
+    penalty = None
+    if regularization.l2_penalty or regularization.l1_penalty:
+        penalty = functools.partial(
+            losses.weight_penalty, model, regularization.l2_penalty, regularization.l1_penalty,
+            regularization.decay_biases,
+        )
+    objective = engine.Objective(
+        instantiate(cfg.loss), losses.Scoring(regression=dataset.regression), penalty
+    )
+    optimizer = optim.build_optimizer(cfg.optimizer, regularization, model)
     scheduler = optim.build_scheduler(cfg.scheduler, optimizer)
     batches = {
-        split: data.make_batches(
-            getattr(dataset, split), cfg.trainer.batch_size, device, cfg.data.loader.value,
-            shuffle=split == "train",
-        )
+        split: data.make_batches(dataset, split, cfg.trainer.batch_size, device,
+                                 cfg.data.loader.value)
         for split in ("train", "val", "test")
     }
     progress = Progress(cfg.trainer.epochs)
@@ -111,7 +118,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
     )
     try:
         result = engine.fit(
-            trained, loss_fn, optimizer, scheduler, batches, settings,
+            trained, objective, optimizer, scheduler, batches, settings,
             on_epoch=lambda epoch, metrics: [hook(epoch, metrics) for hook in epoch_hooks],
             wrap_batches=progress.wrap_batches, state=state, raw_model=model,
         )
@@ -126,12 +133,20 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
         raise
     log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history), checkpoint)
     if tracker:
-        predictions = engine.predict(model, batches["test"])
+        predictions = None if dataset.regression else engine.predict(model, batches["test"])
         tracker.log_results(model, result.history, dataset, predictions,
-                            models.parameter_table(model))
+                            models.parameter_table(model), batches["test"])
         tracker.finish(result.outcome)
         log.info("MLflow run %s in %s", run_id, cfg.tracking.uri)
     return result
+
+
+def num_outputs(cfg: DictConfig, dataset) -> int:
+    """One output for regression and for a binary loss (a single logit), else one per class."""
+    kind = LOSS_KINDS.get(cfg.loss._target_)
+    if dataset.regression or (kind is not None and kind.task == "binary"):
+        return 1
+    return len(dataset.classes)
 
 
 def torch_compile(model):
@@ -142,9 +157,11 @@ def torch_compile(model):
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point; returns the best validation accuracy for Hydra sweepers."""
+    """Hydra's entry point; returns the best validation accuracy (RMSE for regression), the
+    value Hydra sweepers optimise."""
     try:
-        return train(cfg).best_val_acc
+        regression = data_task(cfg.data)[0] == "regression"
+        return train(cfg).best("val_rmse" if regression else "val_acc")
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
 

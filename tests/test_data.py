@@ -84,11 +84,14 @@ def test_validation_size_must_leave_training_examples():
         data.split_validation(torch.zeros(10, 28, 28), torch.zeros(10), 10, seed=0)
 
 
-@pytest.mark.parametrize("loader", ["device", "torch"])
-def test_batches_yield_every_example_exactly_once_per_epoch(loader):
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("batches_class", [data.DeviceBatches, data.LoaderBatches])
+def test_batches_yield_every_example_exactly_once_per_epoch(batches_class):
     images = torch.randint(0, 256, (103, 28, 28), dtype=torch.uint8)
     labels = torch.arange(103)
-    batches = data.make_batches((images, labels), 10, torch.device("cpu"), loader, shuffle=True)
+    batches = batches_class(images, labels, 10, CPU, shuffle=True)
     assert len(batches) == 11
     orders = []
     for epoch in (1, 2):
@@ -100,15 +103,15 @@ def test_batches_yield_every_example_exactly_once_per_epoch(loader):
     assert torch.equal(again, orders[0])  # the same (seed, epoch) draws the same order
 
 
-def test_device_batches_match_the_notes_to_tensor_path():
+@pytest.mark.parametrize("stats", [None, (0.1307, 0.3081)])
+def test_device_batches_match_the_notes_to_tensor_and_normalize_path(stats):
     images = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
     labels = torch.arange(20)
-    cpu = torch.device("cpu")
-    ours = list(data.make_batches((images, labels), 8, cpu, "device", shuffle=False).epoch(0, 0))
-    notes = list(data.make_batches((images, labels), 8, cpu, "torch", shuffle=False).epoch(0, 0))
+    ours = list(data.DeviceBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
+    notes = list(data.LoaderBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
     for (x_ours, y_ours), (x_notes, y_notes) in zip(ours, notes, strict=True):
         assert x_ours.shape == x_notes.shape == (len(y_ours), 1, 28, 28)
-        assert torch.allclose(x_ours, x_notes)
+        assert torch.allclose(x_ours, x_notes, atol=1e-6)
         assert torch.equal(y_ours, y_notes)
 
 

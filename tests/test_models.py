@@ -22,10 +22,10 @@ def test_hidden_sizes_activation_and_dropout_build_the_layers():
 
 def test_normal_init_draws_weights_and_biases_with_the_given_std():
     torch.manual_seed(0)
-    model = MLP(784, 10, hidden_sizes=[256], init="normal", init_std=0.01)
+    model = MLP(784, 10, hidden_sizes=[256], init="normal", init_std=0.01, bias_init="normal")
     first = model[1]
     assert abs(first.weight.std().item() - 0.01) < 0.0005
     assert abs(first.weight.mean().item()) < 0.0005
     assert 0.005 < first.bias.std().item() < 0.015  # note 000 draws biases too
-    zero = MLP(784, 10, hidden_sizes=[256], init="normal", zero_bias=True)
+    zero = MLP(784, 10, hidden_sizes=[256], init="normal", bias_init="zeros")
     assert torch.count_nonzero(zero[1].bias) == 0
