@@ -27,6 +27,7 @@ import torch
 
 from mlp_experiments import data, engine
 from mlp_experiments.config import compose_config
+from mlp_experiments.losses import Scoring
 from mlp_experiments.models import MLP
 from mlp_experiments.train import train
 
@@ -61,10 +62,10 @@ def engine_epoch(dataset, device) -> float:
     """(b) One training epoch of our engine (its own timing of the training pass)."""
     model = concise_model(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    batches = {split: data.make_batches(getattr(dataset, split), 256, device, "device",
-                                        shuffle=split == "train")
+    batches = {split: data.make_batches(dataset, split, 256, device, "device")
                for split in ("train", "val", "test")}
-    result = engine.fit(model, torch.nn.CrossEntropyLoss(), optimizer, None, batches,
+    objective = engine.Objective(torch.nn.CrossEntropyLoss(), Scoring(regression=False))
+    result = engine.fit(model, objective, optimizer, None, batches,
                         engine.FitSettings(epochs=1, seed=0))
     return batches["train"].num_examples / result.history[0]["samples_per_s"]
 
