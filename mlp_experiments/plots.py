@@ -1,4 +1,9 @@
-"""The figures the notes draw for a run: learning curves, confusion matrix, labelled test images."""
+"""The figures the notes draw for a run: learning curves, confusion matrix, labelled test images.
+
+Run as a module for the figures that need no run: `python -m mlp_experiments.plots activations`
+(every activation with its derivative) and `... schedules` (learning rate per epoch of each
+`conf/scheduler/` option).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mlp_experiments.config import CONF_DIR, compose_config  # noqa: E402
+from mlp_experiments.models import ACTIVATIONS  # noqa: E402
+from mlp_experiments.optim import build_scheduler  # noqa: E402
 
 
 def learning_curves(history: list[dict[str, float]]) -> Figure:
@@ -72,3 +87,103 @@ def prediction_grid(
         axis.set_title(f"{classes[label]}\n{classes[prediction]}", fontsize=8, color=color)
     figure.suptitle("Test images: true label / prediction")
     return figure
+
+
+def activation_curve(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """f(x) and f'(x) of an elementwise activation, the derivative by autograd."""
+    x = x.detach().requires_grad_()
+    y = module(x)
+    (dy,) = torch.autograd.grad(y.sum(), x)
+    return y.detach().numpy(), dy.numpy()
+
+
+def activations_figure() -> Figure:
+    """One panel per entry of models.ACTIVATIONS, then the step function the notes show."""
+    x = torch.linspace(-6, 6, 601)
+    panels = len(ACTIVATIONS) + 1
+    columns = 3
+    rows = int(np.ceil(panels / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 4, rows * 3.2), squeeze=False)
+    for axis, (name, module_class) in zip(axes.flat, ACTIVATIONS.items(), strict=False):
+        y, dy = activation_curve(module_class(), x)
+        axis.plot(x, y, label="f(x)")
+        axis.plot(x, dy, linestyle="--", label="f'(x)")
+        axis.set_title(name)
+        axis.legend()
+    step_axis = axes.flat[len(ACTIVATIONS)]
+    step_axis.plot(x, (x > 0).float(), label="f(x)")
+    step_axis.set_title("step 1[x>0] (no useful gradient)")
+    step_axis.legend()
+    for axis in axes.flat[:panels]:
+        axis.set_xlabel("x")
+        axis.set_ylabel("value")
+        axis.grid(alpha=0.3)
+    for axis in axes.flat[panels:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    return figure
+
+
+def scheduler_names() -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / "scheduler").glob("*.yaml"))
+
+
+def learning_rates(scheduler_name: str, epochs: int) -> list[float]:
+    """The rate of each epoch for SGD lr 0.1 momentum 0.9, 10 iterations per epoch (note 001)."""
+    cfg = compose_config([f"scheduler={scheduler_name}", f"trainer.epochs={epochs}"])
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    scheduler = build_scheduler(cfg.scheduler, optimizer)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        for _ in range(10):
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return rates
+
+
+def schedules_figure(epochs: int) -> Figure:
+    figure, axis = plt.subplots(figsize=(8, 5))
+    # Several schedules coincide over whole stretches (step and multistep until epoch 150):
+    # each line is thinner than the ones under it, so every one stays visible.
+    names = scheduler_names()
+    styles = ["-", "--", "-.", ":"]
+    for index, name in enumerate(names):
+        axis.plot(
+            range(epochs), learning_rates(name, epochs), styles[index % len(styles)],
+            linewidth=1.5 + 0.75 * (len(names) - 1 - index), label=name,
+        )
+    axis.set_title(f"Learning rate per epoch of each scheduler (SGD lr 0.1, {epochs} epochs)")
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel("learning rate")
+    axis.grid(alpha=0.3)
+    axis.legend(title="scheduler")
+    figure.tight_layout()
+    return figure
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlp_experiments.plots", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    activations = commands.add_parser("activations", help="activations and their derivatives")
+    activations.add_argument("--out", type=Path, default=Path("figures"))
+    schedules = commands.add_parser("schedules", help="learning rate per epoch per scheduler")
+    schedules.add_argument("--out", type=Path, default=Path("figures"))
+    schedules.add_argument("--epochs", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    if args.command == "activations":
+        figure = activations_figure()
+    else:
+        figure = schedules_figure(args.epochs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.command}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
