@@ -40,10 +40,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_biases: bool) 
     decayed, kept = [], []
     for parameter in model.parameters():
         (decayed if is_penalized(parameter, decay_biases) else kept).append(parameter)
-    groups = [{"params": decayed, "weight_decay": weight_decay}]
-    if kept:
-        groups.append({"params": kept, "weight_decay": 0.0})
-    return groups
+    groups = [{"params": decayed, "weight_decay": weight_decay},
+              {"params": kept, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(optimizer_cfg, regularization_cfg, model: nn.Module) -> torch.optim.Optimizer:

@@ -25,16 +25,20 @@ from mlp_experiments.config import CONF_DIR, compose_config  # noqa: E402
 from mlp_experiments.models import ACTIVATIONS  # noqa: E402
 from mlp_experiments.optim import build_scheduler  # noqa: E402
 
+METRIC_LABELS = {"loss": "loss (mean per example)", "acc": "accuracy", "rmse": "RMSE"}
+
 
 def learning_curves(history: list[dict[str, float]]) -> Figure:
+    """Loss and accuracy (RMSE for regression) of train, val and test against the epoch."""
     epochs = np.arange(1, len(history) + 1)
+    score = "acc" if "train_acc" in history[0] else "rmse"
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "acc"), strict=True):
+    for axis, metric in zip(axes, ("loss", score), strict=True):
         for split in ("train", "val", "test"):
             axis.plot(epochs, [m[f"{split}_{metric}"] for m in history], marker="o", label=split)
         axis.set_xlabel("epoch")
-        axis.set_ylabel("accuracy" if metric == "acc" else "loss (mean per example)")
-        axis.set_title("Accuracy" if metric == "acc" else "Loss")
+        axis.set_ylabel(METRIC_LABELS[metric])
+        axis.set_title(METRIC_LABELS[metric].split(" ")[0].capitalize())
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()

@@ -24,10 +24,9 @@ class Progress:
                      transient=True)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        log.info(
-            "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_acc %.4f  test_acc %.4f  "
-            "lr %.3g  %.1fs  %.0f samples/s",
-            epoch, self.epochs, metrics["train_loss"], metrics["train_acc"],
-            metrics["val_acc"], metrics["test_acc"], metrics["lr"],
-            metrics["epoch_time_s"], metrics["samples_per_s"],
+        scores = "  ".join(
+            f"{name} {value:.4f}" for name, value in metrics.items()
+            if name.startswith(("train_", "val_", "test_")) and name != "val_loss"
         )
+        log.info("epoch %d/%d  %s  lr %.3g  %.1fs  %.0f samples/s", epoch, self.epochs, scores,
+                 metrics["lr"], metrics["epoch_time_s"], metrics["samples_per_s"])

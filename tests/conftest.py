@@ -50,19 +50,15 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def synthetic_cfg(workdir, tracking_uri, request):
-    """A config factory for fast runs on synthetic data, tracked in the session's store
-    under an experiment named after the test."""
+    """A config factory for fast runs on synthetic data (or on a preset's own settings),
+    tracked in the session's store under an experiment named after the test."""
 
-    def make(*overrides: str, tracking: bool = True):
-        base = [
-            "data=synthetic",
-            "trainer.epochs=1",
-            "optimizer.lr=0.1",
-            "trainer.device=cpu",
-            f"trainer.checkpoint_dir={workdir / 'checkpoints'}",
-        ]
+    def make(*overrides: str, tracking: bool = True, preset: str | None = None):
+        quick = ["data=synthetic", "trainer.epochs=1", "optimizer.lr=0.1"]
+        base = [f"experiment={preset}"] if preset else quick
+        base += ["trainer.device=cpu", f"trainer.checkpoint_dir='{workdir / 'checkpoints'}'"]
         if tracking:
-            base += [f"tracking.uri={tracking_uri}", f"tracking.experiment={request.node.name}",
+            base += [f"tracking.uri={tracking_uri}", f"tracking.experiment='{request.node.name}'",
                      "tracking.log_model=false"]
         else:
             base.append("tracking=none")

@@ -13,7 +13,9 @@ pytestmark = [
 ]
 
 
-def test_concise_mlp_reaches_the_notes_accuracy(workdir, tracking_uri):
+def test_the_default_experiment_is_the_concise_mlp_and_reaches_the_notes_accuracy(
+    workdir, tracking_uri
+):
     # note 000: 784-256-10, N(0, 0.01), SGD lr 0.5, batch 256, 5 epochs -> test 0.836
     cfg = compose_config([
         "trainer.device=cpu", f"tracking.uri={tracking_uri}", "tracking.experiment=e2e",
@@ -25,3 +27,27 @@ def test_concise_mlp_reaches_the_notes_accuracy(workdir, tracking_uri):
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.data.metrics["test_acc"] == result.history[-1]["test_acc"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "epochs", "minimum"),
+    [
+        ("fashion_scratch_mlp", 5, 0.81),  # the note reports 0.832
+        ("fashion_concise_mlp", 5, 0.82),  # 0.836
+        ("fashion_d2l_mlp", 10, 0.83),  # about 0.85 in the d2l book
+        ("fashion_dropout_mlp", 10, 0.84),  # curves only in the note
+    ],
+)
+def test_fashion_presets_reproduce_the_notes(preset, epochs, minimum, synthetic_cfg):
+    cfg = synthetic_cfg(preset=preset)
+    assert cfg.data.name == "fashion_mnist" and cfg.trainer.epochs == epochs
+    result = train(cfg)
+    assert len(result.history) == epochs
+    assert result.history[-1]["test_acc"] >= minimum
+
+
+def test_bce_on_two_fashion_mnist_classes(synthetic_cfg):
+    cfg = synthetic_cfg("data=fashion_mnist", "data.classes=[0,6]", "loss=bce",
+                        "trainer.epochs=2", "data.val_size=1000", tracking=False)
+    result = train(cfg)
+    assert result.history[-1]["test_acc"] > 0.75  # t-shirt vs shirt, the hardest pair

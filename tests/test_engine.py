@@ -15,6 +15,7 @@ def test_weight_decay_applies_to_weight_matrices_only_unless_asked():
     assert all(p.ndim == 2 for p in decayed["params"])
     assert {tuple(p.shape) for p in kept["params"]} == {(16,), (10,), (1,)}  # biases, PReLU
     (everything,) = parameter_groups(model, 0.01, decay_biases=True)
+    assert everything["weight_decay"] == 0.01
     assert len(everything["params"]) == len(list(model.parameters()))
 
 
