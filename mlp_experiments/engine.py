@@ -28,17 +28,28 @@ BatchWrapper = Callable[[Iterable, int, int], Iterable]
 COMPLETED, EARLY_STOPPED, DIVERGED = "completed", "early_stopped", "diverged"
 
 
+class StopTraining(Exception):
+    """Raised by an epoch hook (a pruner, say) to end the run after the current epoch, which is
+    already recorded; `outcome` says why."""
+
+    def __init__(self, outcome: str):
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     outcome: str = COMPLETED
 
-    def best(self, metric: str) -> float:
-        """The best value of a metric over the epochs: highest accuracy, lowest anything else."""
+    def best(self, metric: str, maximize: bool | None = None) -> float:
+        """The best value of a metric over the epochs; unless told, the highest accuracy or the
+        lowest anything else."""
         values = [m[metric] for m in self.history if math.isfinite(m[metric])]
         if not values:
             return float("nan")
-        return max(values) if metric.endswith("acc") else min(values)
+        maximize = metric.endswith("acc") if maximize is None else maximize
+        return max(values) if maximize else min(values)
 
 
 @dataclass
@@ -218,7 +229,11 @@ def fit(
                 settings.checkpoint, raw_model, optimizer, scheduler, result.history,
                 settings.checkpoint_extra,
             )
-        on_epoch(epoch, metrics)
+        try:
+            on_epoch(epoch, metrics)
+        except StopTraining as stop:
+            result.outcome = DIVERGED if diverged else stop.outcome
+            break
         if diverged:
             result.outcome = DIVERGED
             break

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_experiments import plots
 from mlp_experiments.config import UserError, flatten
 
-MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED"}
+MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
+                 "diverged": "FAILED"}
 
 
 def git_commit() -> str:
@@ -128,3 +129,33 @@ class MlflowTracker:
         if mlflow.active_run() is not None:
             mlflow.set_tag("outcome", outcome)
             mlflow.end_run(status="KILLED" if outcome == "interrupted" else "FAILED")
+
+
+def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:
+    """The study's MLflow parent run: made by the first command that runs the study, found
+    again (its id is a study attribute) by every later one, so resumed trials nest under it."""
+    tracker = MlflowTracker(cfg)
+    tracker.connect()
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id is not None:
+        try:
+            tracker.client.get_run(run_id)
+            return run_id
+        except mlflow.exceptions.MlflowException:
+            pass  # the study outlived its tracking store: start a new parent run
+    run = tracker.client.create_run(
+        mlflow.get_experiment_by_name(cfg.experiment).experiment_id,
+        run_name=f"study-{sweep.study_name}",
+        tags={"optuna.study_name": sweep.study_name, "sweep.kind": study.user_attrs["kind"],
+              "git_commit": git_commit()},
+    )
+    params = {"sampler": sweep.sampler, "pruner": sweep.pruner, "metric": sweep.metric,
+              "direction": sweep.direction, "n_trials": sweep.n_trials,
+              "overrides": " ".join(sweep.overrides)}
+    params |= {f"space.{key}": expression for key, expression in sweep.space.items()}
+    params |= {f"variant.{name}": " ".join(o) for name, o in sweep.variants.items()}
+    for key, value in params.items():
+        tracker.client.log_param(run.info.run_id, key, value)
+    tracker.client.set_terminated(run.info.run_id)
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    return run.info.run_id

@@ -42,7 +42,10 @@ def _hydra_context() -> tuple[str, dict[str, str]]:
 
 
 def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str | None = None):
-    """Train the configured model; return the engine's FitResult (history and outcome)."""
+    """Train the configured model; return the engine's FitResult (history and outcome).
+
+    `hooks` are called after each epoch (after it is recorded) and may raise
+    `engine.StopTraining`; `parent_run_id` nests the MLflow run under a sweep's parent run."""
     validate(cfg)
     from hydra.utils import instantiate
 

@@ -1,0 +1,558 @@
+"""`python -m mlp_experiments.sweep sweep=<name> [sweep.key=value] [training overrides]`
+
+Runs the Optuna study that `sweeps/<name>.yaml` describes. Every trial trains in-process through
+`train()`, reports its validation metric each epoch to the pruner and is an MLflow child run of
+the study's parent run. Running the command again resumes the study until `n_trials` trials
+have finished in total; `sweep.n_workers=K` runs K worker processes on the same storage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mlp_experiments.config import (
+    CONF_DIR,
+    UserError,
+    compose_config,
+    config_hash,
+    register_configs,
+    validate,
+)
+
+log = logging.getLogger("mlp_experiments.sweep")
+SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+# Keys whose sensible values span orders of magnitude: a linear search wastes most trials.
+LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization.l2_penalty",
+                  "regularization.l1_penalty"}
+FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "diverged", "error")
+
+
+@dataclass
+class SweepConfig:
+    study_name: str = MISSING
+    overrides: list[str] = field(default_factory=list)  # training overrides for every trial
+    space: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep expression
+    variants: dict[str, list[str]] = field(default_factory=dict)  # comparisons: name -> overrides
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    sampler: str = "tpe"  # tpe, random or grid
+    pruner: str = "median"  # none, median, successive_halving, hyperband or threshold
+    pruner_args: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the sampler's
+    n_trials: int | None = None  # None: the size of the grid
+    timeout: float | None = None  # seconds, for this command
+    storage: str | None = None  # any Optuna storage URL; None: sqlite:///optuna.db
+    n_workers: int = 1
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
+    """(sweep name, sweep.* overrides, training overrides) from the command line."""
+    name, sweep_overrides, training = None, [], []
+    for argument in arguments:
+        if argument.startswith("sweep="):
+            name = argument.split("=", 1)[1]
+        elif argument.startswith("sweep."):
+            sweep_overrides.append(argument.removeprefix("sweep."))
+        else:
+            training.append(argument)
+    if name is None:
+        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise UserError(f"Name the sweep: sweep=<name>, one of: {available}.")
+    return name, sweep_overrides, training
+
+
+def load_sweep(name: str, overrides: list[str]) -> DictConfig:
+    path = SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise UserError(f"No sweep '{name}' in {SWEEPS_DIR}: choose one of {available}.")
+    schema = OmegaConf.structured(SweepConfig)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    except Exception as error:  # OmegaConf names the key and the expected type
+        raise UserError(f"Sweep '{name}': {error}") from None
+    if not cfg.space and not cfg.variants:
+        raise UserError(f"Sweep '{name}' has neither a space nor variants to try.")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- search space
+
+
+def parse_space(space: dict[str, str]) -> dict[str, Any]:
+    """Map Hydra sweep expressions to Optuna distributions, with Hydra's own override parser
+    (the grammar of Hydra's Optuna sweeper plugin)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    distributions = {}
+    for key, expression in space.items():
+        try:
+            (override,) = parser.parse_overrides([f"{key}={expression}"])
+        except Exception as error:
+            raise UserError(f"space.{key}: cannot parse '{expression}': {error}") from None
+        distributions[key] = to_distribution(key, expression, override)
+    return distributions
+
+
+def to_distribution(key: str, expression: str, override) -> Any:
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    value = override.value()
+    log_scale = "log" in getattr(value, "tags", set())
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution([choice_value(v) for v in value.list])
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and stop > start:
+            last = start + (stop - start - 1) // step * step  # range() excludes stop
+            return IntDistribution(start, last, step=step)
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, IntervalSweep):
+        low, high = value.start, value.end
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high, log=log_scale)
+        return FloatDistribution(float(low), float(high), log=log_scale)
+    raise UserError(
+        f"space.{key}: '{expression}' is not a search expression we can map: use "
+        f"choice(...), range(start, stop[, step]), interval(low, high) or "
+        f"tag(log, interval(low, high))."
+    )
+
+
+def choice_value(value: Any) -> Any:
+    """Optuna's categorical choices are scalars: a list choice travels as its override text."""
+    if isinstance(value, dict):
+        raise UserError(f"choice({value}): dictionaries cannot be searched; choose list items.")
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return value
+
+
+def suggest(trial, key: str, distribution) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high,
+                                 step=distribution.step, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
+
+
+def grid_of(distributions: dict[str, Any], variants: dict) -> dict[str, list]:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    grid = {"variant": list(variants)} if variants else {}
+    for key, distribution in distributions.items():
+        if isinstance(distribution, CategoricalDistribution):
+            grid[key] = list(distribution.choices)
+        elif isinstance(distribution, IntDistribution) and not distribution.log:
+            grid[key] = list(range(distribution.low, distribution.high + 1, distribution.step))
+        else:
+            raise UserError(
+                f"space.{key}: a grid needs choice(...) or range(...), not an interval."
+            )
+    return grid
+
+
+def trial_overrides(sweep: DictConfig, training: list[str], params: dict[str, Any]) -> list[str]:
+    overrides = [*sweep.overrides, *training]
+    for key, value in params.items():
+        overrides += list(sweep.variants[value]) if key == "variant" else [f"{key}={value}"]
+    return overrides
+
+
+def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any]) -> None:
+    """Before any trial: every searched key exists, log-scale keys are searched on a log scale,
+    and each value at the ends of its range composes into a valid training config."""
+    from optuna.distributions import CategoricalDistribution
+
+    base = compose_config([*sweep.overrides, *training])
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    for key, distribution in distributions.items():
+        if key not in groups and OmegaConf.select(base, key, default=MISSING) is MISSING:
+            raise UserError(
+                f"space.{key} is not a key of the training config (sections: "
+                f"{', '.join(str(k) for k in base)}); check the spelling."
+            )
+        if key in LOG_SCALE_KEYS and not isinstance(distribution, CategoricalDistribution) \
+                and not distribution.log:
+            raise UserError(
+                f"space.{key} spans orders of magnitude: search it on a log scale, "
+                f"tag(log, interval(low, high))."
+            )
+    for params in corner_params(distributions, sweep.variants):
+        try:
+            validate(compose_config(trial_overrides(sweep, training, params)))
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(f"The trial {params} does not compose: {error}") from None
+
+
+def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[str, Any]]:
+    """One trial per value at the ends of every dimension (every choice, every variant)."""
+    from optuna.distributions import CategoricalDistribution
+
+    middle = {k: (d.choices[0] if isinstance(d, CategoricalDistribution) else d.low)
+              for k, d in distributions.items()}
+    corners = []
+    for key, distribution in distributions.items():
+        values = (distribution.choices if isinstance(distribution, CategoricalDistribution)
+                  else (distribution.low, distribution.high))
+        corners += [{**middle, key: value} for value in values]
+    for name in variants or [None]:
+        corners.append({**middle, **({"variant": name} if name else {})})
+    return corners
+
+
+# ---------------------------------------------------------------------------- study
+
+
+def storage_url(sweep: DictConfig) -> str:
+    return sweep.storage or DEFAULT_STORAGE
+
+
+def make_storage(url: str):
+    """RDB storages (SQLite, PostgreSQL) get heartbeats: a killed worker's trial is failed and
+    queued again. Any other Optuna storage URL is used as it is."""
+    import optuna
+
+    if not url.startswith(("sqlite", "postgresql", "mysql")):
+        return url
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=5,
+            grace_period=20,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=3
+            ),
+        )
+
+
+def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
+    import optuna
+
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants), seed=seed)
+    if sweep.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random or grid.")
+
+
+def make_pruner(sweep: DictConfig):
+    import optuna
+
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "threshold": optuna.pruners.ThresholdPruner,  # prunes below pruner_args.lower
+    }
+    if sweep.pruner not in pruners:
+        raise UserError(f"sweep.pruner={sweep.pruner}: choose one of {', '.join(pruners)}.")
+    return pruners[sweep.pruner](**sweep.pruner_args)
+
+
+def open_study(sweep: DictConfig, distributions: dict[str, Any], worker: int = 0):
+    """Create or load the study. The sampler's seed moves on with the trials already there and
+    with the worker's index: a resumed or parallel search must not propose the same trials."""
+    import optuna
+
+    storage = make_storage(storage_url(sweep))
+    study = optuna.create_study(study_name=sweep.study_name, storage=storage,
+                                direction=sweep.direction, load_if_exists=True)
+    seed = sweep.seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
+    return optuna.load_study(study_name=sweep.study_name, storage=storage,
+                             sampler=make_sampler(sweep, distributions, seed),
+                             pruner=make_pruner(sweep))
+
+
+def budget(sweep: DictConfig, distributions: dict[str, Any]) -> int:
+    if sweep.n_trials is not None:
+        return sweep.n_trials
+    if sweep.sampler != "grid":
+        raise UserError("sweep.n_trials is needed unless sweep.sampler=grid.")
+    size = 1
+    for values in grid_of(distributions, sweep.variants).values():
+        size *= len(values)
+    return size
+
+
+def counted_trials(study) -> int:
+    """Trials that count toward n_trials: running or queued ones, and finished ones that ended
+    on their own (a heartbeat-failed trial does not count: it is queued again)."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        running = trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        if running or trial.user_attrs.get("outcome") in FINISHED_OUTCOMES:
+            count += 1
+    return count
+
+
+@contextmanager
+def budget_lock(url: str):
+    """Workers take turns between counting trials and starting one, so that together they run
+    exactly n_trials. A file lock beside a local storage file; across machines, see the README."""
+    path = Path(url.split("///", 1)[-1] + ".lock") if url.startswith("sqlite") else None
+    if path is None:
+        yield lambda: None
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held = [True]
+
+        def release():
+            if held[0]:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                held[0] = False
+
+        try:
+            yield release
+        finally:
+            release()
+
+
+# ---------------------------------------------------------------------------- trials
+
+
+class Objective:
+    """One Optuna trial = one training run, reporting each epoch to the pruner."""
+
+    def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
+                 parent_run_id: str | None):
+        self.sweep, self.training = sweep, training
+        self.distributions, self.parent_run_id = distributions, parent_run_id
+        self.release_budget = lambda: None
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        self.release_budget()  # this trial is RUNNING now: other workers may count it
+        try:
+            params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))}\
+                if self.sweep.variants else {}
+            params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
+            overrides = trial_overrides(self.sweep, self.training, params)
+            trial.set_user_attr("overrides", overrides)
+            return self.train(trial, overrides)
+        except optuna.TrialPruned:
+            raise
+        except Exception:
+            trial.set_user_attr("outcome", "error")
+            raise
+
+    def train(self, trial, overrides: list[str]) -> float:
+        import optuna
+
+        from mlp_experiments import data, engine
+        from mlp_experiments.train import train
+
+        cfg = compose_config(overrides)
+        cfg.tracking.run_name = f"{self.sweep.study_name}-{trial.number}"
+        run_hash = config_hash(cfg, data.load_dataset(cfg.data).digest)
+        trial.set_user_attr("config_hash", run_hash)
+        earlier = self.finished_with_hash(trial.study, run_hash)
+        if earlier is not None:
+            trial.set_user_attr("reused_from", earlier.number)
+            trial.set_user_attr("history", earlier.user_attrs.get("history", []))
+            trial.set_user_attr("outcome", earlier.user_attrs["outcome"])
+            return earlier.value
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[self.sweep.metric], epoch)
+            if trial.should_prune():
+                raise engine.StopTraining("pruned")
+
+        result = train(cfg, hooks=(report,), parent_run_id=self.parent_run_id)
+        trial.set_user_attr("history", result.history)
+        trial.set_user_attr("outcome", result.outcome)
+        if result.outcome == "pruned":
+            raise optuna.TrialPruned()
+        if result.outcome == "diverged":
+            return float("nan")  # Optuna records the trial as FAIL, and the sweep goes on
+        return result.best(self.sweep.metric, maximize=self.sweep.direction == "maximize")
+
+    @staticmethod
+    def finished_with_hash(study, run_hash: str):
+        from optuna.trial import TrialState
+
+        for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if earlier.user_attrs.get("config_hash") == run_hash:
+                return earlier
+        return None
+
+
+def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+         torch_threads: int, worker: int = 0) -> None:
+    """A worker: start trials until the study has its n_trials (or the timeout passes)."""
+    import time
+
+    import optuna
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = parse_space(sweep.space)
+    study = open_study(sweep, distributions, worker)
+    objective = Objective(sweep, training, distributions, parent_run_id)
+    n_trials, deadline = budget(sweep, distributions), None
+    if sweep.timeout:
+        deadline = time.monotonic() + sweep.timeout
+    while deadline is None or time.monotonic() < deadline:
+        with budget_lock(storage_url(sweep)) as release:
+            if counted_trials(study) >= n_trials:
+                return
+            objective.release_budget = release
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+
+
+def preset_yaml(overrides: list[str], comment: str) -> str:
+    """A `conf/experiment/` preset that composes to the same config as these overrides (less
+    where runs are recorded: tracking settings stay the user's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    defaults, values = [], OmegaConf.create()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.startswith("tracking"):
+            continue
+        if key == "experiment":
+            defaults.append(f"/experiment/{override.value()}")
+        elif key in groups:
+            defaults.append({f"override /{key}": override.value()})
+        else:
+            OmegaConf.update(values, key, override.value(), force_add=True)
+    body = OmegaConf.create({"defaults": defaults} if defaults else {})
+    body = OmegaConf.merge(body, values)
+    lines = ["# @package _global_", *(f"# {line}" for line in comment.splitlines())]
+    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(body)
+
+
+def write_best_preset(study, sweep: DictConfig) -> Path:
+    """conf/experiment/<study>_best.yaml, ready for `train experiment=<study>_best`."""
+    best = study.best_trial
+    comment = (f"Best trial ({best.number}) of the study {sweep.study_name}: "
+               f"{sweep.metric} {best.value:.4f}.\nWritten by mlp_experiments.sweep; "
+               f"the test accuracy was not used to choose it.")
+    path = CONF_DIR / "experiment" / f"{sweep.study_name}_best.yaml"
+    path.write_text(preset_yaml(best.user_attrs["overrides"], comment))
+    return path
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
+    done = counted_trials(study)
+    lines = [
+        f"study {sweep.study_name} in {storage_url(sweep)}",
+        f"  objective: {sweep.direction} {sweep.metric}",
+        f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
+        f"{dict(sweep.pruner_args) or ''}",
+        f"  trials: {n_trials} in total, {done} already there, {max(n_trials - done, 0)} to run "
+        f"on {sweep.n_workers} worker(s)",
+        f"  fixed overrides: {' '.join([*sweep.overrides, *training]) or '(none)'}",
+    ]
+    lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
+    lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
+    print("\n".join(lines), flush=True)
+
+
+def run_sweep(arguments: list[str]):
+    """Plan, check, run the workers, then summarise the study in its MLflow parent run."""
+    register_configs()
+    name, sweep_overrides, training = split_arguments(arguments)
+    sweep = load_sweep(name, sweep_overrides)
+    distributions = parse_space(sweep.space)
+    check_space(sweep, training, distributions)
+    base = compose_config([*sweep.overrides, *training])
+
+    from mlp_experiments import tracking
+
+    study = open_study(sweep, distributions)
+    study.set_user_attr("kind", "comparison" if sweep.sampler == "grid" else "search")
+    study.set_user_attr("metric", sweep.metric)
+    n_trials = budget(sweep, distributions)
+    print_plan(sweep, distributions, study, n_trials, training)
+    parent_run_id = None
+    if base.tracking.enabled:
+        parent_run_id = tracking.study_parent_run(base.tracking, study, sweep)
+    launch_workers(sweep, training, parent_run_id)
+    if parent_run_id:
+        from mlp_experiments import report
+
+        report.summarise_in_mlflow(study, sweep, base.tracking, parent_run_id)
+    return study
+
+
+def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None) -> None:
+    threads = max(1, (os.cpu_count() or 1) // sweep.n_workers)
+    if sweep.n_workers == 1:
+        work(sweep, training, parent_run_id, threads)
+        return
+    context = multiprocessing.get_context("spawn")
+    sweep_container = OmegaConf.to_container(sweep)
+    workers = [
+        context.Process(target=_worker_main,
+                        args=(sweep_container, training, parent_run_id, threads, index))
+        for index in range(sweep.n_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        raise UserError(f"{len(failed)} worker(s) exited with codes {failed}: see their output.")
+
+
+def _worker_main(sweep_container: dict, training: list[str], parent_run_id: str | None,
+                 threads: int, index: int) -> None:
+    register_configs()
+    logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+    sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
+    work(sweep, training, parent_run_id, threads, index)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_sweep(sys.argv[1:])
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+import math
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from mlp_experiments import report
+from mlp_experiments.config import CONF_DIR
+from mlp_experiments.sweep import SweepConfig, load_sweep, write_best_preset
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T_975_DF2 = 4.302653  # Student's t 97.5% quantile, 2 degrees of freedom
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def history(val: list[float], test_final: float) -> list[dict[str, float]]:
+    """One record per epoch as the engine writes it; test accuracy rises to test_final."""
+    epochs = len(val)
+    return [
+        {"train_loss": 1.0 / epoch, "train_acc": v, "val_loss": 1.0 / epoch, "val_acc": v,
+         "test_loss": 1.0 / epoch, "test_acc": test_final - 0.01 * (epochs - epoch),
+         "lr": 0.1, "epoch_time_s": 1.0, "samples_per_s": 1000.0}
+        for epoch, v in enumerate(val, start=1)
+    ]
+
+
+def add(study, state=TrialState.COMPLETE, value=None, params=None, distributions=None,
+        hist=None, **user_attrs):
+    hist = hist or []
+    study.add_trial(create_trial(
+        state=state, value=value, params=params or {}, distributions=distributions or {},
+        user_attrs={"history": hist, **user_attrs},
+        intermediate_values={e: m["val_acc"] for e, m in enumerate(hist, start=1)},
+    ))
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def test_summarise_known_values():
+    summary = report.summarise([0.80, 0.82, 0.84])
+    assert summary.n == 3
+    assert summary.mean == pytest.approx(0.82)
+    assert summary.std == pytest.approx(0.02)
+    assert summary.ci95 == pytest.approx(T_975_DF2 * 0.02 / math.sqrt(3), rel=1e-6)
+
+
+def test_summarise_one_value_has_no_interval():
+    summary = report.summarise([0.9])
+    assert (summary.n, summary.mean) == (1, 0.9)
+    assert math.isnan(summary.std) and math.isnan(summary.ci95)
+    assert report.interval(summary) == "undefined (n = 1)"
+
+
+def test_within_noise_separated_samples_match_the_closed_form():
+    a, b = [0.80, 0.82], [0.70, 0.72]
+    same, p = report.within_noise(a, b)
+    # Equal sizes and variances: Welch's df is 2, where the t CDF is 1/2 + t / (2 sqrt(2 + t^2)).
+    t = 0.10 / math.sqrt(0.0002 / 2 + 0.0002 / 2)
+    assert same is False
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert p < 0.05
+
+
+def test_within_noise_overlapping_samples():
+    same, p = report.within_noise([0.80, 0.82, 0.84], [0.81, 0.83, 0.80])
+    assert same is True
+    assert p > 0.5
+
+
+@pytest.mark.parametrize(("a", "b"), [([0.8], [0.7, 0.75]), ([0.8, 0.8], [0.7, 0.7])],
+                         ids=["one-seed", "no-spread"])
+def test_within_noise_cannot_judge(a, b):
+    same, p = report.within_noise(a, b)
+    assert same is None and math.isnan(p)
+
+
+def test_mean_curve_averages_the_runs_that_reached_each_epoch():
+    epochs, mean, std = report.mean_curve(
+        [[{"v": 1.0}, {"v": 3.0}], [{"v": 3.0}, {"v": 5.0}, {"v": 7.0}]], "v")
+    assert list(epochs) == [1, 2, 3]
+    assert list(mean) == pytest.approx([2.0, 4.0, 7.0])
+    assert list(std) == pytest.approx([math.sqrt(2), math.sqrt(2), 0.0])
+
+
+# ---------------------------------------------------------------------------- comparison
+
+VARIANTS = {  # variant -> (best val acc, final test acc) per seed
+    "adam": ([0.87, 0.88, 0.89], [0.85, 0.86, 0.87]),
+    "rmsprop": ([0.86, 0.87, 0.88], [0.845, 0.855, 0.865]),
+    "sgd": ([0.80, 0.81, 0.82], [0.78, 0.79, 0.80]),
+}
+
+
+def comparison_study():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    study.set_user_attr("metric", "val_acc")
+    distributions = {"variant": CategoricalDistribution(list(VARIANTS)),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name in ("sgd", "rmsprop", "adam"):  # not in the expected order
+        for seed, (val, test) in enumerate(zip(*VARIANTS[name], strict=True)):
+            add(study, value=val, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=history([val - 0.02, val - 0.01, val], test),
+                outcome="completed")
+    add(study, TrialState.PRUNED, params={"variant": "sgd", "trainer.seed": 3},
+        distributions=distributions, hist=history([0.5], 0.5), outcome="pruned")
+    add(study, TrialState.FAIL, params={"variant": "rmsprop", "trainer.seed": 3},
+        distributions=distributions, outcome="error")
+    add(study, value=0.87, params={"variant": "adam", "trainer.seed": 0},
+        distributions=distributions, hist=history([0.85, 0.86, 0.87], 0.85),
+        outcome="completed", reused_from=6)
+    # Diverged after a good epoch: Optuna records it COMPLETE with a finite best value.
+    add(study, value=0.95, params={"variant": "sgd", "trainer.seed": 4},
+        distributions=distributions, hist=history([0.95, 0.1], 0.1), outcome="diverged")
+    return study
+
+
+def comparison_sweep():
+    return OmegaConf.merge(OmegaConf.structured(SweepConfig), {
+        "study_name": "compare_optimizers", "variants": {n: [f"optimizer={n}"] for n in VARIANTS},
+        "space": {"trainer.seed": "range(0,3)"}, "sampler": "grid",
+    })
+
+
+def table_row(markdown: str, variant: str) -> list[str]:
+    (line,) = [line for line in markdown.splitlines() if line.startswith(f"| `{variant}` |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_comparison_report(tmp_path):
+    path = report.write_report(comparison_study(), comparison_sweep(), tmp_path)
+    markdown = path.read_text()
+
+    rows = [line for line in markdown.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["adam", "rmsprop", "sgd"]
+    adam, rmsprop, sgd = (table_row(markdown, name) for name in ("adam", "rmsprop", "sgd"))
+    # variant, seeds, test mean, std, CI, objective mean, std, CI, pruned, failed, diverged
+    assert adam[1:4] == ["3", "0.8600", "0.0100"]
+    assert adam[5] == "0.8800"
+    ci = T_975_DF2 * 0.01 / math.sqrt(3)
+    assert adam[4] == f"[{0.86 - ci:.4f}, {0.86 + ci:.4f}]"
+    assert sgd[1:3] == ["3", "0.7900"]  # the diverged seed is left out of the statistics
+    assert sgd[8:] == ["1", "0", "1"]
+    assert rmsprop[8:] == ["0", "1", "0"]
+    assert "13 trials: 10 complete, 1 pruned, 1 failed, 1 diverged." in markdown
+    assert "1 trial(s) reused an identical earlier configuration: counted once." in markdown
+
+    assert ("`adam` and `rmsprop` are within noise of each other (Welch t-test p = 0.57, "
+            "3 seeds each).") in markdown
+    assert "`adam` beats `sgd` by 7.0 points of test accuracy (p = 0.001, 3 seeds each)." \
+        in markdown
+    for name in ("test_score.png", "learning_curves.png"):
+        assert f"]({name})" in markdown
+        assert_png(tmp_path / name)
+
+
+def test_comparison_with_one_seed_cannot_be_judged(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["a", "b"])}
+    for name, value in (("a", 0.9), ("b", 0.8)):
+        add(study, value=value, params={"variant": name}, distributions=distributions,
+            hist=history([value], value), outcome="completed")
+    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    assert "`a` against `b` cannot be judged" in markdown
+    assert "(1 seed each)" in markdown
+    assert "undefined (n = 1)" in markdown
+
+
+def test_comparison_that_minimises_puts_the_lowest_first(tmp_path):
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["high", "low"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name, value in (("high", 0.9), ("low", 0.3)):
+        for seed in range(2):
+            add(study, value=value + seed / 100, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=history([0.5], 0.5), outcome="completed")
+    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    assert markdown.index("| `low` |") < markdown.index("| `high` |")
+    assert "lowest first" in markdown
+
+
+def test_regression_comparison_judges_by_lower_rmse(tmp_path):
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("kind", "comparison")
+    study.set_user_attr("metric", "val_rmse")
+    distributions = {"variant": CategoricalDistribution(["big", "small"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name, base in (("big", 2.0), ("small", 1.0)):
+        for seed in range(3):
+            rmse = base + seed / 10
+            study.add_trial(create_trial(
+                value=rmse, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, user_attrs={"outcome": "completed", "history": [
+                    {"val_rmse": rmse, "val_mae": rmse, "test_rmse": rmse, "test_mae": rmse}]}))
+    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    assert markdown.index("| `small` |") < markdown.index("| `big` |")
+    assert "| test RMSE |" in markdown
+    assert "`small` beats `big` by 1 in test RMSE" in markdown
+    assert_png(tmp_path / "learning_curves.png")
+
+
+# ---------------------------------------------------------------------------- search
+
+SEARCH_DISTRIBUTIONS = {
+    "optimizer.lr": FloatDistribution(0.01, 1.0, log=True),
+    "model.dropout": FloatDistribution(0.0, 0.5),
+    "model.hidden_sizes": CategoricalDistribution(["[256]", "[512,256]"]),
+}
+
+
+def search_study(values=(0.81, 0.86, 0.79, 0.90, 0.84, 0.83), name=None, storage=None):
+    study = optuna.create_study(direction="maximize", study_name=name, storage=storage)
+    study.set_user_attr("kind", "search")
+    study.set_user_attr("metric", "val_acc")
+    for index, value in enumerate(values):
+        params = {"optimizer.lr": 0.01 * 2**index, "model.dropout": 0.05 * index,
+                  "model.hidden_sizes": ["[256]", "[512,256]"][index % 2]}
+        overrides = ["data=synthetic", *(f"{k}={v}" for k, v in params.items())]
+        add(study, value=value, params=params, distributions=SEARCH_DISTRIBUTIONS,
+            hist=history([value - 0.01, value], value - 0.02), outcome="completed",
+            overrides=overrides)
+    add(study, TrialState.PRUNED, params={"optimizer.lr": 0.5, "model.dropout": 0.1,
+                                          "model.hidden_sizes": "[256]"},
+        distributions=SEARCH_DISTRIBUTIONS, hist=history([0.3, 0.4], 0.4), outcome="pruned")
+    return study
+
+
+def test_search_report(tmp_path):
+    sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
+    markdown = report.write_report(search_study(), sweep, tmp_path).read_text()
+    lines = markdown.splitlines()
+    top = lines.index("## Top 6 trials")
+    assert lines[top + 2].startswith("| rank | trial | val_acc |")
+    assert lines[top + 4].startswith("| 1 | 3 | 0.9000 | 0.15 | [512,256] | 0.08 |")
+    assert lines[top + 4].endswith("| 0.8800 |")  # test accuracy of its last epoch
+    assert lines[top + 9].startswith("| 6 | 2 | 0.7900 |")
+    assert "7 trials: 6 complete, 1 pruned." in markdown
+    assert "Epochs trained in total: 14." in markdown
+    assert ("uv run python -m mlp_experiments.train data=synthetic optimizer.lr=0.08 "
+            "model.dropout=0.15000000000000002 'model.hidden_sizes=[512,256]'") in markdown
+    assert "0.8800 (measured after the search, not used to choose it)" in markdown
+
+    importance_rows = [line for line in lines if line.startswith("| `")]
+    assert {row.split("`")[1] for row in importance_rows} == set(SEARCH_DISTRIBUTIONS)
+    assert "](importances.png)" in markdown
+    for name in ("history.png", "importances.png"):
+        assert_png(tmp_path / name)
+    assert not (tmp_path / "slices.png").exists()  # only in the MLflow summary
+
+
+def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, tmp_sweep):
+    study = search_study()
+    best = study.trials[3]
+    add(study, value=best.value, params=best.params, distributions=SEARCH_DISTRIBUTIONS,
+        hist=best.user_attrs["history"], outcome="completed", reused_from=3,
+        overrides=best.user_attrs["overrides"])
+    add(study, value=0.95, params=best.params, distributions=SEARCH_DISTRIBUTIONS,
+        hist=history([0.95, 0.1], 0.1), outcome="diverged", overrides=["optimizer.lr=1.0"])
+    write_best_preset(study, tmp_sweep)  # from Optuna's best trial: the diverged one
+    markdown = report.write_report(study, tmp_sweep, tmp_path).read_text()
+    assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
+    assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
+    assert "The same configuration as a preset: `experiment=pytest_tmp_study_best`." in markdown
+    assert "Optuna's best trial 8, which diverged" in markdown
+
+
+def test_search_report_explains_missing_importances(tmp_path):
+    sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
+    markdown = report.write_report(search_study(values=(0.8,)), sweep, tmp_path).read_text()
+    assert ("No parameter importances: they need at least 2 completed trials; this study has 1."
+            in markdown)
+    assert not (tmp_path / "importances.png").exists()
+    assert_png(tmp_path / "history.png")
+
+
+def test_importances_leave_out_a_parameter_that_never_changed(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    distributions = {"optimizer.lr": FloatDistribution(0.01, 1.0),
+                     "model.dropout": FloatDistribution(0.0, 0.5)}
+    for index in range(4):
+        add(study, value=0.8 + index / 100, distributions=distributions,
+            params={"optimizer.lr": 0.1 * (index + 1), "model.dropout": 0.2},
+            hist=history([0.8], 0.8), outcome="completed", overrides=[])
+    lines = report.importances_section(study, "val_acc", tmp_path)
+    assert "| `optimizer.lr` | 1.000 |" in lines
+    assert "Left out (one value only): `model.dropout`." in lines
+
+
+def test_search_without_completed_trials(tmp_path):
+    sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
+    markdown = report.write_report(search_study(values=()), sweep, tmp_path).read_text()
+    assert "1 trials: 1 pruned." in markdown
+    assert "No trial completed" in markdown
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_cli_missing_storage_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        report.main(["sweep=search_mlp", f"sweep.storage=sqlite:///{tmp_path}/none.db"])
+    message = str(raised.value)
+    assert message.startswith("error: No study 'search_mlp'")
+    assert "python -m mlp_experiments.sweep sweep=search_mlp" in message
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_cli_study_missing_from_an_existing_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="another_study", storage=storage)
+    with pytest.raises(SystemExit, match="python -m mlp_experiments.sweep sweep=search_mlp"):
+        report.main(["sweep=search_mlp", f"sweep.storage={storage}"])
+
+
+@pytest.fixture
+def parent_run(tracking_uri, request, tmp_path):
+    """A terminated run in a local MLflow store, like the sweep's parent run."""
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.create_experiment(
+        f"report-{request.node.name}", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.set_terminated(run_id)
+    return client, run_id
+
+
+def test_cli_writes_the_report_and_logs_it(tmp_path, tracking_uri, parent_run, capsys):
+    client, run_id = parent_run
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = search_study(name="pytest_cli_study", storage=storage)
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+                 f"sweep.storage={storage}", f"out={tmp_path / 'docs'}",
+                 f"tracking.uri={tracking_uri}"])
+    path = tmp_path / "docs" / "pytest_cli_study" / "report.md"
+    assert capsys.readouterr().out.splitlines()[0] == str(path)
+    assert "# Study `pytest_cli_study`" in path.read_text()
+    assert_png(path.parent / "history.png")
+    logged = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.md", "report/history.png", "report/importances.png"} <= logged
+
+
+def test_cli_skips_mlflow_when_tracking_is_off(tmp_path, parent_run, capsys):
+    client, run_id = parent_run
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = search_study(name="pytest_cli_study", storage=storage)
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+                 f"sweep.storage={storage}", f"out={tmp_path}", "tracking=none"])
+    assert (tmp_path / "pytest_cli_study" / "report.md").is_file()
+    assert client.list_artifacts(run_id) == []
+    assert "logged to MLflow" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- MLflow summary
+
+
+@pytest.fixture
+def tmp_sweep():
+    """The search_mlp sweep as pytest_tmp_study; its best preset is removed afterwards."""
+    preset = CONF_DIR / "experiment" / "pytest_tmp_study_best.yaml"
+    yield load_sweep("search_mlp", ["study_name=pytest_tmp_study"])
+    preset.unlink(missing_ok=True)
+
+
+def test_summarise_in_mlflow(tmp_path, tracking_uri, parent_run, tmp_sweep):
+    client, run_id = parent_run
+    study = search_study()
+    tracking_cfg = OmegaConf.create({"uri": tracking_uri})
+    report.summarise_in_mlflow(study, tmp_sweep, tracking_cfg, run_id)
+
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "report", "trials.csv", "best_config.yaml"}
+    logged = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {f"report/{name}" for name in ("report.md", "history.png", "importances.png",
+                                          "parallel_coordinates.png", "slices.png")} <= logged
+    assert client.get_run(run_id).data.metrics["best_val_acc"] == pytest.approx(0.90)
+
+    def download(path: str) -> str:
+        return Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text()
+
+    preset = download("best_config.yaml")
+    assert "Best trial (3) of the study pytest_tmp_study" in preset
+    assert "lr: 0.08" in preset
+    assert "`experiment=pytest_tmp_study_best`" in download("report/report.md")
+    csv = download("trials.csv")
+    assert csv.count("\n") == 1 + 7 and "history" not in csv
+
+
+def test_summarise_in_mlflow_without_completed_trials(tracking_uri, parent_run, tmp_sweep):
+    client, run_id = parent_run
+    report.summarise_in_mlflow(search_study(values=()), tmp_sweep,
+                               OmegaConf.create({"uri": tracking_uri}), run_id)
+    assert {a.path for a in client.list_artifacts(run_id)} == {"report", "trials.csv"}
+    assert client.get_run(run_id).data.metrics == {}
+    assert not (CONF_DIR / "experiment" / "pytest_tmp_study_best.yaml").exists()

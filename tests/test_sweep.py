@@ -1,0 +1,207 @@
+"""Tiny synthetic sweeps through the real sweep command, storages and MLflow."""
+
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from mlp_experiments import sweep as sweeps
+from mlp_experiments.config import UserError, compose_config, config_hash
+
+FAST = ["data=synthetic", "trainer.epochs=2", "trainer.device=cpu", "tracking.log_model=false"]
+
+
+@pytest.fixture
+def sweep_file(tmp_path, monkeypatch, workdir, tracking_uri, request):
+    """Write sweeps/<name>.yaml into a temporary sweeps folder; return the command's arguments
+    (the study stored in a temporary SQLite file, the runs in the session's MLflow store)."""
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    monkeypatch.setattr(sweeps, "SWEEPS_DIR", folder)
+    written = []  # a search writes its best preset into conf/experiment: removed afterwards
+
+    def write(text: str, *extra: str) -> list[str]:
+        (folder / "tiny.yaml").write_text(text)
+        written.append(sweeps.CONF_DIR / "experiment" / f"{text.split()[1]}_best.yaml")
+        return ["sweep=tiny", f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}", *FAST,
+                f"tracking.uri={tracking_uri}", f"tracking.experiment='{request.node.name}'",
+                f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}", *extra]
+
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
+def child_runs(tracking_uri, experiment_name, parent_run_id):
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+# ---------------------------------------------------------------------------- grammar
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("interval(0.0, 0.5)", FloatDistribution(0.0, 0.5)),
+        ("tag(log, interval(0.001, 1.0))", FloatDistribution(0.001, 1.0, log=True)),
+        ("interval(1, 8)", FloatDistribution(1.0, 8.0)),  # Hydra's intervals are floats...
+        ("int(interval(1, 8))", IntDistribution(1, 8)),  # ...unless cast, as in its sweeper
+        ("tag(log, int(interval(1, 1024)))", IntDistribution(1, 1024, log=True)),
+        ("choice(sgd, adam)", CategoricalDistribution(["sgd", "adam"])),
+        ("choice([256], [512,256])", CategoricalDistribution(["[256]", "[512,256]"])),
+        ("range(0, 3)", IntDistribution(0, 2)),
+        ("range(0, 10, 5)", IntDistribution(0, 5, step=5)),
+        ("range(1, 10, 4)", IntDistribution(1, 9, step=4)),
+        ("range(0.5, 2.0, 0.5)", CategoricalDistribution([0.5, 1.0, 1.5])),
+    ],
+)
+def test_hydra_sweep_grammar_maps_to_optuna_distributions(expression, expected):
+    assert sweeps.parse_space({"key": expression}) == {"key": expected}
+
+
+@pytest.mark.parametrize("expression", ["0.1", "glob(*)", "interval(0.1"])
+def test_expressions_we_cannot_map_fail_clearly(expression):
+    with pytest.raises(UserError, match="space.key"):
+        sweeps.parse_space({"key": expression})
+
+
+def test_a_typo_in_the_space_fails_before_any_trial():
+    sweep = sweeps.load_sweep("search_mlp", ["space={optimizer.lrr: 'interval(0.1, 1.0)'}"])
+    with pytest.raises(UserError, match="space.optimizer.lrr is not a key"):
+        sweeps.check_space(sweep, [], sweeps.parse_space(sweep.space))
+
+
+def test_a_learning_rate_on_a_linear_scale_is_refused():
+    sweep = sweeps.load_sweep("search_mlp", ["space={optimizer.lr: 'interval(0.001, 1.0)'}"])
+    with pytest.raises(UserError, match="log scale"):
+        sweeps.check_space(sweep, [], sweeps.parse_space(sweep.space))
+
+
+def test_every_shipped_sweep_plans_cleanly():
+    for path in sorted(sweeps.SWEEPS_DIR.glob("*.yaml")):
+        sweep = sweeps.load_sweep(path.stem, [])
+        distributions = sweeps.parse_space(sweep.space)
+        sweeps.check_space(sweep, [], distributions)
+        assert sweeps.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
+
+
+# ---------------------------------------------------------------------------- running sweeps
+
+GRID = """
+study_name: tiny_grid
+variants:
+  sgd: [optimizer=sgd, optimizer.lr=0.1]
+  adam: [optimizer=adam]
+space:
+  trainer.seed: range(0, 2)
+sampler: grid
+pruner: none
+"""
+
+
+def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file, tracking_uri,
+                                                                       request):
+    study = sweeps.run_sweep(sweep_file(GRID))
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    cells = {(t.params["variant"], t.params["trainer.seed"]) for t in trials}
+    assert cells == {("sgd", 0), ("sgd", 1), ("adam", 0), ("adam", 1)} and len(trials) == 4
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = child_runs(tracking_uri, request.node.name, parent)
+    assert len(children) == 4
+    child = children[0]
+    assert child.data.tags["outcome"] == "completed"
+    assert set(child.data.metrics) >= {"val_acc", "test_acc", "train_loss"}
+    client = MlflowClient(tracking_uri)
+    parent_run = client.get_run(parent)
+    assert parent_run.data.params["sampler"] == "grid"
+    assert parent_run.data.params["variant.adam"] == "optimizer=adam"
+    # running the same command again finds the study complete: no new trial, no new run
+    again = sweeps.run_sweep(sweep_file(GRID))
+    assert len(again.trials) == 4
+    assert len(child_runs(tracking_uri, request.node.name, parent)) == 4
+
+
+def test_pruned_and_diverged_trials_are_recorded_and_the_sweep_goes_on(sweep_file, tracking_uri,
+                                                                       request):
+    text = """
+study_name: tiny_prune
+space:
+  optimizer.lr: choice(0.1, 0.000001, 1e30)
+sampler: grid
+pruner: threshold
+pruner_args: {lower: 0.3}
+"""
+    study = sweeps.run_sweep(sweep_file(text))
+    by_lr = {t.params["optimizer.lr"]: t for t in study.trials}
+    assert by_lr[0.1].state == TrialState.COMPLETE and by_lr[0.1].value > 0.3
+    assert by_lr[0.000001].state == TrialState.PRUNED
+    assert by_lr[0.000001].user_attrs["outcome"] == "pruned"
+    assert len(by_lr[0.000001].user_attrs["history"]) == 1  # stopped after its first epoch
+    assert by_lr[1e30].state == TrialState.FAIL
+    assert by_lr[1e30].user_attrs["outcome"] == "diverged"
+    runs = child_runs(tracking_uri, request.node.name, study.user_attrs["mlflow_parent_run_id"])
+    assert sorted(r.data.tags["outcome"] for r in runs) == ["completed", "diverged", "pruned"]
+
+
+SEARCH = """
+study_name: tiny_search
+space:
+  optimizer.lr: tag(log, interval(0.01, 0.5))
+  model.dropout: interval(0.0, 0.3)
+sampler: tpe
+pruner: median
+n_trials: 2
+"""
+
+
+def test_resume_adds_trials_without_repeating_finished_ones(sweep_file):
+    first = sweeps.run_sweep(sweep_file(SEARCH))
+    assert len(first.trials) == 2
+    before = {t.number: t.params for t in first.trials}
+    resumed = sweeps.run_sweep(sweep_file(SEARCH, "sweep.n_trials=4"))
+    assert [t.state for t in resumed.trials] == [TrialState.COMPLETE] * 4
+    assert {t.number: t.params for t in resumed.trials[:2]} == before
+    hashes = [t.user_attrs["config_hash"] for t in resumed.trials]
+    assert len(set(hashes)) == 4
+
+
+def test_an_exact_configuration_already_finished_is_not_trained_again(sweep_file, tracking_uri,
+                                                                      request):
+    text = """
+study_name: tiny_same
+space:
+  optimizer.lr: choice(0.1)
+sampler: random
+pruner: none
+n_trials: 3
+"""
+    study = sweeps.run_sweep(sweep_file(text))
+    first, *rest = study.trials
+    assert "reused_from" not in first.user_attrs
+    assert [t.user_attrs["reused_from"] for t in rest] == [0, 0]
+    assert [t.value for t in rest] == [first.value] * 2
+    runs = child_runs(tracking_uri, request.node.name, study.user_attrs["mlflow_parent_run_id"])
+    assert len(runs) == 1
+
+
+def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
+    study = sweeps.run_sweep(sweep_file(SEARCH, "sweep.n_trials=6", "sweep.n_workers=2",
+                                        "sweep.sampler=random"))
+    assert len(study.trials) == 6
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert len({t.user_attrs["config_hash"] for t in study.trials}) == 6
+
+
+def test_the_best_trial_is_written_as_a_preset_that_reproduces_it(sweep_file):
+    study = sweeps.run_sweep(sweep_file(SEARCH))
+    path = sweeps.CONF_DIR / "experiment" / "tiny_search_best.yaml"
+    assert path.is_file() and path.read_text().startswith("# @package _global_")
+    best = study.best_trial
+    preset = compose_config(["experiment=tiny_search_best"])
+    direct = compose_config(best.user_attrs["overrides"])
+    assert config_hash(preset, "d") == config_hash(direct, "d")
+    assert preset.optimizer.lr == pytest.approx(best.params["optimizer.lr"])
