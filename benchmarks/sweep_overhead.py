@@ -1,0 +1,77 @@
+"""What a sweep adds to each training run: the same trainings as trials of a study and alone.
+
+    uv run python benchmarks/sweep_overhead.py [--runs 4] [--epochs 3]
+
+In one process (imports paid once), alternately: `--runs` seeds of the concise FashionMNIST MLP
+trained as the trials of a grid study (Optuna storage in SQLite, MLflow child runs under a parent
+run), and the same seeds trained alone with `train()` (MLflow runs too). Prints the seconds per
+run of each and their ratio. Target: a trial costs <= 1.05x the run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from mlp_experiments import sweep as sweeps
+from mlp_experiments.config import compose_config
+from mlp_experiments.train import train
+
+GRID = """
+study_name: {name}
+space:
+  trainer.seed: range({first}, {last})
+sampler: grid
+pruner: none
+"""
+
+
+def common(folder: Path, epochs: int) -> list[str]:
+    return [f"trainer.epochs={epochs}", "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+            f"trainer.checkpoint_dir={folder / 'checkpoints'}"]
+
+
+def as_trials(folder: Path, seeds: range, epochs: int, name: str) -> float:
+    sweeps.SWEEPS_DIR = folder  # the grid lives beside the throw-away stores
+    (folder / f"{name}.yaml").write_text(GRID.format(name=name, first=seeds.start,
+                                                     last=seeds.stop))
+    started = time.perf_counter()
+    sweeps.run_sweep([f"sweep={name}", f"sweep.storage=sqlite:///{folder / 'optuna.db'}",
+                      *common(folder, epochs)])
+    return (time.perf_counter() - started) / len(seeds)
+
+
+def alone(folder: Path, seeds: range, epochs: int) -> float:
+    started = time.perf_counter()
+    for seed in seeds:
+        train(compose_config([*common(folder, epochs), f"trainer.seed={seed}"]))
+    return (time.perf_counter() - started) / len(seeds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    ratios, trial_seconds, alone_seconds = [], [], []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        alone(folder, range(100, 101), 1)  # warm-up: imports, data, MLflow tables
+        for repeat in range(args.repeats):
+            seeds = range(repeat * args.runs, (repeat + 1) * args.runs)
+            trial_seconds.append(as_trials(folder, seeds, args.epochs, f"overhead_{repeat}"))
+            alone_seconds.append(alone(folder, seeds, args.epochs))
+            ratios.append(trial_seconds[-1] / alone_seconds[-1])
+    print(f"per run: as a sweep trial {statistics.median(trial_seconds):.2f} s, "
+          f"alone {statistics.median(alone_seconds):.2f} s "
+          f"({args.runs} runs x {args.repeats} repeats, {args.epochs} epochs)")
+    print(f"trial / alone = {statistics.median(ratios):.3f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
