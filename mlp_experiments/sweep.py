@@ -37,6 +37,9 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization.l2_penalty",
                   "regularization.l1_penalty"}
 FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "diverged", "error")
+# A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial silent for STALE_AFTER_S
+# (its worker was killed) is failed and queued again.
+HEARTBEAT_S, STALE_AFTER_S = 5, 20
 
 
 @dataclass
@@ -77,7 +80,8 @@ def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
 
 
 def load_sweep(name: str, overrides: list[str]) -> DictConfig:
-    path = SWEEPS_DIR / f"{name}.yaml"
+    """sweeps/<name>.yaml, or the YAML file `name` points at."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
         raise UserError(f"No sweep '{name}' in {SWEEPS_DIR}: choose one of {available}.")
@@ -247,8 +251,8 @@ def make_storage(url: str):
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=5,
-            grace_period=20,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=STALE_AFTER_S,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=3
             ),
@@ -279,6 +283,8 @@ def make_pruner(sweep: DictConfig):
     }
     if sweep.pruner not in pruners:
         raise UserError(f"sweep.pruner={sweep.pruner}: choose one of {', '.join(pruners)}.")
+    if sweep.pruner == "none":  # pruner_args belong to the pruner the sweep file names
+        return pruners["none"]()
     return pruners[sweep.pruner](**sweep.pruner_args)
 
 
@@ -305,6 +311,20 @@ def budget(sweep: DictConfig, distributions: dict[str, Any]) -> int:
     for values in grid_of(distributions, sweep.variants).values():
         size *= len(values)
     return size
+
+
+def more_to_run(study, n_trials: int) -> bool:
+    """Fail the trials of killed workers first (which queues their retries), then: is a trial
+    queued, or is the budget not yet reached?"""
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():  # experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return True
+    return counted_trials(study) < n_trials
 
 
 def counted_trials(study) -> int:
@@ -431,7 +451,7 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
         deadline = time.monotonic() + sweep.timeout
     while deadline is None or time.monotonic() < deadline:
         with budget_lock(storage_url(sweep)) as release:
-            if counted_trials(study) >= n_trials:
+            if not more_to_run(study, n_trials):
                 return
             objective.release_budget = release
             study.optimize(objective, n_trials=1, catch=(Exception,))

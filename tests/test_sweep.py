@@ -205,3 +205,49 @@ def test_the_best_trial_is_written_as_a_preset_that_reproduces_it(sweep_file):
     direct = compose_config(best.user_attrs["overrides"])
     assert config_hash(preset, "d") == config_hash(direct, "d")
     assert preset.optimizer.lr == pytest.approx(best.params["optimizer.lr"])
+
+
+def test_the_trial_of_a_killed_worker_is_failed_by_its_heartbeat_and_retried(
+    sweep_file, tmp_path, monkeypatch
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    text = """
+study_name: tiny_killed
+overrides: [data.train_size=20000, trainer.epochs=60]
+space:
+  optimizer.lr: choice(0.1)
+sampler: grid
+pruner: none
+"""
+    arguments = sweep_file(text)
+    arguments[0] = f"sweep={sweeps.SWEEPS_DIR / 'tiny.yaml'}"  # the worker cannot see monkeypatch
+    worker = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sweep", *arguments],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = arguments[1].split("=", 1)[1]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the trial's first reported epoch
+        time.sleep(1)
+        try:
+            (trial,) = optuna.load_study(study_name="tiny_killed", storage=storage).trials
+        except (KeyError, ValueError):
+            continue
+        if trial.intermediate_values:
+            break
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    monkeypatch.setattr(sweeps, "STALE_AFTER_S", 3)
+    time.sleep(sweeps.STALE_AFTER_S + 1)
+    study = sweeps.run_sweep([*arguments, "trainer.epochs=2"])  # the retry may train shorter
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    killed, retried = study.trials
+    assert "outcome" not in killed.user_attrs  # failed by the heartbeat, not by itself
+    assert retried.params == killed.params
+    assert sweeps.counted_trials(study) == 1
