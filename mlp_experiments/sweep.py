@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import multiprocessing
-import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -538,7 +537,11 @@ def run_sweep(arguments: list[str]):
 
 
 def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None) -> None:
-    threads = max(1, (os.cpu_count() or 1) // sweep.n_workers)
+    import torch
+
+    # Oversubscribed OpenMP threads spin against each other: give each worker its share of
+    # the threads torch would use (os.cpu_count(), or OMP_NUM_THREADS when set).
+    threads = max(1, torch.get_num_threads() // sweep.n_workers)
     if sweep.n_workers == 1:
         work(sweep, training, parent_run_id, threads)
         return
