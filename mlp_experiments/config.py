@@ -275,6 +275,7 @@ class TrackingConfig:
     experiment: str = "mlp-experiments"
     run_name: str | None = None
     log_model: bool = True
+    system_metrics: bool = False  # CPU, memory (and GPU) every few seconds, as MLflow does
 
 
 @dataclass

@@ -183,3 +183,31 @@ def parameter_table(model: nn.Module) -> str:
     total = count_parameters(model)
     rows.append(f"| **total** | | **{total:,}** |")
     return "\n".join(rows) + "\n"
+
+
+class ServingModel(nn.Module):
+    """What the logged MLflow model serves: raw inputs in, probabilities (or values) out.
+
+    Images come as float pixel values in [0, 255] (N x 28 x 28) and get the training run's
+    scaling and normalisation; feature vectors pass as they are. `output` says what the wrapped
+    model returns: logits (softmax applied), a binary logit (two class probabilities), or
+    probabilities and values (returned as they are)."""
+
+    def __init__(self, model: nn.Module, images: bool,
+                 normalization: tuple[float, float] | None, output: str):
+        super().__init__()
+        self.model, self.images, self.output = model, images, output
+        self.normalization = normalization
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.images:
+            inputs = inputs.unsqueeze(1) / 255
+            if self.normalization:
+                inputs = inputs.sub(self.normalization[0]).div(self.normalization[1])
+        outputs = self.model(inputs)
+        if self.output == "logits":
+            return outputs.softmax(dim=1)
+        if self.output == "binary":
+            positive = torch.sigmoid(outputs)
+            return torch.cat([1 - positive, positive], dim=1)
+        return outputs

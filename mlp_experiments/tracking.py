@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import plots
 from mlp_experiments.config import UserError, flatten
+from mlp_experiments.models import ServingModel
 
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
                  "diverged": "FAILED"}
@@ -65,13 +68,16 @@ class MlflowTracker:
             ) from None
         self.client = mlflow.MlflowClient()
 
-    def start(self, cfg: DictConfig, tags: dict[str, str], resume_run_id: str | None) -> str:
-        run = mlflow.start_run(run_id=resume_run_id, run_name=self.cfg.run_name, tags=tags)
+    def start(self, cfg: DictConfig, tags: dict[str, str], resume_run_id: str | None,
+              dataset) -> str:
+        run = mlflow.start_run(run_id=resume_run_id, run_name=self.cfg.run_name, tags=tags,
+                               log_system_metrics=self.cfg.system_metrics)
         self.run_id = run.info.run_id
         if resume_run_id is None:
             resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             mlflow.log_params(flatten(resolved))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            log_datasets(dataset)
         return self.run_id
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -80,38 +86,41 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def log_results(self, model, history, dataset, predictions: np.ndarray | None, table: str,
-                    test_batches) -> None:
+                    output: str) -> None:
         """Plots, parameter table and model; `predictions` are the test set's classes (None
-        for regression, which has no confusion matrix)."""
+        for regression, which has no confusion matrix); `output` is what the model returns
+        (see models.ServingModel)."""
         figures = {"plots/learning_curves.png": plots.learning_curves(history)}
+        test_inputs, test_targets = dataset.test
+        images = test_inputs.dtype == torch.uint8
         if predictions is not None:
-            test_images, test_labels = dataset.test
-            labels = test_labels.numpy()
+            labels = test_targets.numpy()
             figures["plots/confusion_matrix.png"] = plots.confusion_matrix(
                 labels, predictions, dataset.classes
             )
-            if test_images.dtype == torch.uint8:
+            if images:
                 figures["plots/predictions.png"] = plots.prediction_grid(
-                    test_images[:16].numpy(), labels[:16], predictions[:16], dataset.classes
+                    test_inputs[:16].numpy(), labels[:16], predictions[:16], dataset.classes
                 )
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
             plots.plt.close(figure)
         mlflow.log_text(table, "parameters.md")
         if self.cfg.log_model:
-            example_inputs, _ = next(iter(test_batches.epoch(0, 0)))
-            self._log_model(model, example_inputs[:4])
+            serving = ServingModel(model, images, dataset.normalization, output)
+            self._log_model(serving, test_inputs[:4].float())
 
     def _log_model(self, model: torch.nn.Module, inputs: torch.Tensor) -> None:
-        """The state dict, and an MLflow PyTorch model with its signature and input example."""
+        """The trained network's state dict, and an MLflow PyTorch model that takes raw
+        inputs and returns probabilities, with its signature and input example."""
         model = model.cpu().eval()
         with tempfile.TemporaryDirectory() as folder:
             state_path = Path(folder) / "state_dict.pt"
-            torch.save(model.state_dict(), state_path)
+            torch.save(model.model.state_dict(), state_path)
             mlflow.log_artifact(str(state_path), "model_state")
-        example = inputs.cpu().numpy()
+        example = inputs.numpy()
         with torch.no_grad():
-            output = model(inputs.cpu()).numpy()
+            output = model(inputs).numpy()
         mlflow.pytorch.log_model(
             model,
             name="model",
@@ -129,6 +138,25 @@ class MlflowTracker:
         if mlflow.active_run() is not None:
             mlflow.set_tag("outcome", outcome)
             mlflow.end_run(status="KILLED" if outcome == "interrupted" else "FAILED")
+
+
+def log_datasets(dataset) -> None:
+    """Each split as an MLflow dataset input: where it came from and a digest of its bytes."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if dataset.source == "generated":
+        source = CodeDatasetSource(tags={"generator": f"mlp_experiments.data ({dataset.name})"})
+    else:
+        with warnings.catch_warnings():  # two registered classes claim local paths
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(dataset.source)
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+        inputs, _ = getattr(dataset, split)
+        digest = hashlib.sha256(f"{dataset.digest}:{split}:{len(inputs)}".encode()).hexdigest()
+        meta = MetaDataset(source, name=f"{dataset.name}-{split}", digest=digest[:16])
+        mlflow.log_input(meta, context=context)
 
 
 def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from mlp_experiments.config import (
     LOSS_KINDS,
+    PROBABILITY_MODELS,
     UserError,
     check_overrides,
     config_hash,
@@ -106,7 +107,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         resume_run_id = state["extra"].get("run_id") if state else None
-        run_id = tracker.start(cfg, tags, resume_run_id)
+        run_id = tracker.start(cfg, tags, resume_run_id, dataset)
         epoch_hooks.insert(0, tracker.log_epoch)
     epoch_hooks += hooks  # after the record: a hook that stops training loses no epoch
 
@@ -138,7 +139,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
     if tracker:
         predictions = None if dataset.regression else engine.predict(model, batches["test"])
         tracker.log_results(model, result.history, dataset, predictions,
-                            models.parameter_table(model), batches["test"])
+                            models.parameter_table(model), model_output(cfg, dataset))
         tracker.finish(result.outcome)
         log.info("MLflow run %s in %s", run_id, cfg.tracking.uri)
     return result
@@ -150,6 +151,15 @@ def num_outputs(cfg: DictConfig, dataset) -> int:
     if dataset.regression or (kind is not None and kind.task == "binary"):
         return 1
     return len(dataset.classes)
+
+
+def model_output(cfg: DictConfig, dataset) -> str:
+    """What the trained network returns, for the served model (see models.ServingModel)."""
+    if dataset.regression:
+        return "values"
+    if cfg.model._target_ in PROBABILITY_MODELS:
+        return "probabilities"
+    return "binary" if num_outputs(cfg, dataset) == 1 else "logits"
 
 
 def torch_compile(model):
