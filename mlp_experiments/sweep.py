@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import multiprocessing
+import os
+import socket
 import sys
 import warnings
 from contextlib import contextmanager
@@ -293,8 +295,9 @@ def open_study(sweep: DictConfig, distributions: dict[str, Any], worker: int = 0
     import optuna
 
     storage = make_storage(storage_url(sweep))
-    study = optuna.create_study(study_name=sweep.study_name, storage=storage,
-                                direction=sweep.direction, load_if_exists=True)
+    with budget_lock(storage_url(sweep), sweep.study_name):  # workers starting at once
+        study = optuna.create_study(study_name=sweep.study_name, storage=storage,
+                                    direction=sweep.direction, load_if_exists=True)
     seed = sweep.seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
     return optuna.load_study(study_name=sweep.study_name, storage=storage,
                              sampler=make_sampler(sweep, distributions, seed),
@@ -340,26 +343,60 @@ def counted_trials(study) -> int:
 
 
 @contextmanager
-def budget_lock(url: str):
+def budget_lock(url: str, study_name: str):
     """Workers take turns between counting trials and starting one, so that together they run
-    exactly n_trials. A file lock beside a local storage file; across machines, see the README."""
-    path = Path(url.split("///", 1)[-1] + ".lock") if url.startswith("sqlite") else None
-    if path is None:
+    exactly n_trials: a file lock beside a SQLite file, a PostgreSQL advisory lock (which spans
+    machines) for a PostgreSQL storage. Yields the function that releases it early."""
+    if url.startswith("postgresql"):
+        with _advisory_lock(url, study_name) as release:
+            yield release
+    elif url.startswith("sqlite:///"):
+        with _file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
+            yield release
+    else:
         yield lambda: None
-        return
+
+
+@contextmanager
+def _file_lock(path: Path):
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        held = [True]
-
-        def release():
-            if held[0]:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                held[0] = False
-
+        release = _once(lambda: fcntl.flock(handle, fcntl.LOCK_UN))
         try:
             yield release
         finally:
             release()
+
+
+@contextmanager
+def _advisory_lock(url: str, study_name: str):
+    import zlib
+
+    import sqlalchemy
+
+    key = zlib.crc32(f"mlp_experiments:{study_name}".encode())
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        unlock = _once(lambda: connection.execute(
+            sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key}))
+        try:
+            yield unlock
+        finally:
+            unlock()
+    engine.dispose()
+
+
+def _once(action):
+    """`action` made safe to call twice (released early by the trial, then on exit)."""
+    done = []
+
+    def run_once():
+        if not done:
+            done.append(True)
+            action()
+
+    return run_once
 
 
 # ---------------------------------------------------------------------------- trials
@@ -378,6 +415,7 @@ class Objective:
         import optuna
 
         self.release_budget()  # this trial is RUNNING now: other workers may count it
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))}\
                 if self.sweep.variants else {}
@@ -434,11 +472,14 @@ class Objective:
 
 def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
          torch_threads: int, worker: int = 0) -> None:
-    """A worker: start trials until the study has its n_trials (or the timeout passes)."""
+    """A worker: start trials until the study has its n_trials (or the timeout passes). With
+    the budget reached it stays while other trials run: if their worker was killed, it fails
+    them once their heartbeat is stale and runs the retries, so no trial is lost."""
     import time
 
     import optuna
     import torch
+    from optuna.trial import TrialState
 
     torch.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -449,11 +490,14 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
     if sweep.timeout:
         deadline = time.monotonic() + sweep.timeout
     while deadline is None or time.monotonic() < deadline:
-        with budget_lock(storage_url(sweep)) as release:
-            if not more_to_run(study, n_trials):
-                return
-            objective.release_budget = release
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+        with budget_lock(storage_url(sweep), sweep.study_name) as release:
+            if more_to_run(study, n_trials):
+                objective.release_budget = release
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+                continue
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(HEARTBEAT_S)
 
 
 def preset_yaml(overrides: list[str], comment: str) -> str:
@@ -526,8 +570,9 @@ def run_sweep(arguments: list[str]):
     n_trials = budget(sweep, distributions)
     print_plan(sweep, distributions, study, n_trials, training)
     parent_run_id = None
-    if base.tracking.enabled:
-        parent_run_id = tracking.study_parent_run(base.tracking, study, sweep)
+    if base.tracking.enabled:  # one parent run, also when several commands start at once
+        with budget_lock(storage_url(sweep), sweep.study_name):
+            parent_run_id = tracking.study_parent_run(base.tracking, study, sweep)
     launch_workers(sweep, training, parent_run_id)
     if parent_run_id:
         from mlp_experiments import report
