@@ -289,18 +289,21 @@ def make_pruner(sweep: DictConfig):
     return pruners[sweep.pruner](**sweep.pruner_args)
 
 
-def open_study(sweep: DictConfig, distributions: dict[str, Any], worker: int = 0):
-    """Create or load the study. The sampler's seed moves on with the trials already there and
-    with the worker's index: a resumed or parallel search must not propose the same trials."""
+def open_study(sweep: DictConfig, distributions: dict[str, Any]):
+    """Create or load the study. Each opening (a resumed command, a worker, a command on another
+    machine) seeds its sampler differently, in the order they open the study: two workers must
+    not propose the same trials, and a resumed search must not repeat its first ones."""
     import optuna
 
-    storage = make_storage(storage_url(sweep))
-    with budget_lock(storage_url(sweep), sweep.study_name):  # workers starting at once
+    # Workers starting at once would race to create the storage's tables and the study.
+    with budget_lock(storage_url(sweep), "storage"):
+        storage = make_storage(storage_url(sweep))
         study = optuna.create_study(study_name=sweep.study_name, storage=storage,
                                     direction=sweep.direction, load_if_exists=True)
-    seed = sweep.seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
+        opened = study.user_attrs.get("samplers_seeded", 0)
+        study.set_user_attr("samplers_seeded", opened + 1)
     return optuna.load_study(study_name=sweep.study_name, storage=storage,
-                             sampler=make_sampler(sweep, distributions, seed),
+                             sampler=make_sampler(sweep, distributions, sweep.seed + 1000 * opened),
                              pruner=make_pruner(sweep))
 
 
@@ -343,12 +346,12 @@ def counted_trials(study) -> int:
 
 
 @contextmanager
-def budget_lock(url: str, study_name: str):
+def budget_lock(url: str, name: str):
     """Workers take turns between counting trials and starting one, so that together they run
     exactly n_trials: a file lock beside a SQLite file, a PostgreSQL advisory lock (which spans
     machines) for a PostgreSQL storage. Yields the function that releases it early."""
     if url.startswith("postgresql"):
-        with _advisory_lock(url, study_name) as release:
+        with _advisory_lock(url, name) as release:
             yield release
     elif url.startswith("sqlite:///"):
         with _file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
@@ -369,12 +372,12 @@ def _file_lock(path: Path):
 
 
 @contextmanager
-def _advisory_lock(url: str, study_name: str):
+def _advisory_lock(url: str, name: str):
     import zlib
 
     import sqlalchemy
 
-    key = zlib.crc32(f"mlp_experiments:{study_name}".encode())
+    key = zlib.crc32(f"mlp_experiments:{name}".encode())
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
@@ -471,7 +474,7 @@ class Objective:
 
 
 def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
-         torch_threads: int, worker: int = 0) -> None:
+         torch_threads: int) -> None:
     """A worker: start trials until the study has its n_trials (or the timeout passes). With
     the budget reached it stays while other trials run: if their worker was killed, it fails
     them once their heartbeat is stale and runs the retries, so no trial is lost."""
@@ -484,7 +487,7 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
     torch.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = parse_space(sweep.space)
-    study = open_study(sweep, distributions, worker)
+    study = open_study(sweep, distributions)
     objective = Objective(sweep, training, distributions, parent_run_id)
     n_trials, deadline = budget(sweep, distributions), None
     if sweep.timeout:
@@ -611,7 +614,7 @@ def _worker_main(sweep_container: dict, training: list[str], parent_run_id: str 
     register_configs()
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
     sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
-    work(sweep, training, parent_run_id, threads, index)
+    work(sweep, training, parent_run_id, threads)
 
 
 def main() -> None:

@@ -1,0 +1,484 @@
+"""End to end in a browser: `python -m mlp_experiments.ui` serves a fresh store of real runs and a
+small sweep, and headless Chromium must render them in the MLflow UI and in optuna-dashboard.
+
+Every page is saved as a full-page screenshot under test-artifacts/screenshots/ (or
+$SCREENSHOT_DIR), for CI to keep. The selectors follow the pinned MLflow (3.x, React with
+ag-grid and plotly) and optuna-dashboard (MUI and plotly) front ends: see the notes at each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from mlp_experiments.config import UserError
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or REPO / "test-artifacts" / "screenshots")
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 120  # both servers answer HTTP (MLflow starts 4 workers: slow on a busy CI box)
+STOP_TIMEOUT_S = 60  # the UI command exits after SIGINT (it gives each server 10 s, then kills)
+UI_TIMEOUT_MS = 45_000  # a page's first render: the React bundles are large
+EXPERIMENT = "browser"
+STUDY = "browser_grid"
+EPOCHS = 3  # of the standalone runs: three points on each metric chart
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: "
+                       "apt-get install chromium (the tests never download a browser)"),
+]
+
+SWEEP = f"""
+study_name: {STUDY}
+variants:
+  sgd: [optimizer=sgd, optimizer.lr=0.1]
+  adam: [optimizer=adam]
+sampler: grid
+pruner: none
+"""
+
+# name -> overrides of the standalone runs (the first logs the model, as a user's run would)
+RUNS = {
+    "browser-sgd-logged": [f"trainer.epochs={EPOCHS}", "optimizer.lr=0.1",
+                           "tracking.log_model=true"],
+    "browser-sgd-slow": [f"trainer.epochs={EPOCHS}", "optimizer.lr=0.05", "trainer.seed=1"],
+    "browser-adam": ["trainer.epochs=2", "optimizer=adam", "optimizer.lr=0.002"],
+}
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+@dataclass
+class Store:
+    folder: Path
+    tracking_uri: str
+    storage: str
+    experiment_id: str = ""
+    run_ids: dict[str, str] = field(default_factory=dict)  # run name -> id, trials included
+    params: dict[str, dict[str, str]] = field(default_factory=dict)  # run name -> params
+    parent_name: str = f"study-{STUDY}"
+    trial_names: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """A dedicated MLflow SQLite store with three real runs and a grid sweep of two trials
+    (children of the sweep's parent run), and the sweep's Optuna SQLite storage."""
+    from mlflow import MlflowClient
+
+    from mlp_experiments import sweep as sweeps
+    from mlp_experiments.config import compose_config
+    from mlp_experiments.train import train
+
+    folder = tmp_path_factory.mktemp("browser")
+    store = Store(folder, f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'optuna.db'}")
+    common = ["data=synthetic", "trainer.device=cpu", f"trainer.checkpoint_dir={folder / 'ck'}",
+              f"tracking.uri={store.tracking_uri}", f"tracking.experiment={EXPERIMENT}",
+              "tracking.log_model=false"]
+    (folder / "sweeps").mkdir()
+    (folder / "sweeps" / "browser.yaml").write_text(SWEEP)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the new experiment's artifacts go to <folder>/mlruns
+        patch.setattr(sweeps, "SWEEPS_DIR", folder / "sweeps")
+        for name, overrides in RUNS.items():
+            result = train(compose_config([*common, *overrides, f"tracking.run_name={name}"]))
+            assert result.outcome == "completed"
+        study = sweeps.run_sweep(["sweep=browser", f"sweep.storage={store.storage}", *common,
+                                  "trainer.epochs=2"])
+    assert len(study.trials) == 2
+
+    client = MlflowClient(store.tracking_uri)
+    store.experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([store.experiment_id])
+    store.run_ids = {run.info.run_name: run.info.run_id for run in runs}
+    store.params = {run.info.run_name: run.data.params for run in runs}
+    parent_id = store.run_ids[store.parent_name]
+    assert parent_id == study.user_attrs["mlflow_parent_run_id"]
+    store.trial_names = sorted(run.info.run_name for run in runs
+                               if run.data.tags.get("mlflow.parentRunId") == parent_id)
+    assert store.trial_names == [f"{STUDY}-0", f"{STUDY}-1"]
+    assert set(store.run_ids) == {*RUNS, store.parent_name, *store.trial_names}
+    return store
+
+
+# ---------------------------------------------------------------------------- the servers
+
+
+@dataclass
+class Servers:
+    process: subprocess.Popen
+    log: Path
+    port: int
+    dashboard_port: int
+
+    @property
+    def mlflow(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group `pgid`."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def nothing_listens(port: int) -> bool:
+    """No server accepts connections on the port, and a new one could bind it now."""
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        if probe.connect_ex((HOST, port)) == 0:
+            return False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def two_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
+def default_sigint():
+    # A shell's background job (CI steps, nohup) starts with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: give the command the Ctrl-C a terminal would give it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def servers(store) -> Servers:
+    """`python -m mlp_experiments.ui` on two free loopback ports, serving the store; stopped by
+    test_sigint_stops_both_servers_and_frees_their_ports (or here, if that did not run)."""
+    port, dashboard_port = two_free_ports()
+    log = store.folder / "ui.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlp_experiments.ui", f"port={port}",
+             f"dashboard_port={dashboard_port}", f"host={HOST}",
+             f"tracking.uri={store.tracking_uri}", f"storage={store.storage}"],
+            cwd=store.folder, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: nothing it starts outlives the tests
+            preexec_fn=default_sigint,
+        )
+    started = Servers(process, log, port, dashboard_port)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (answers(f"{started.mlflow}/health") and answers(f"{started.dashboard}/")):
+            if process.poll() is not None:
+                pytest.fail(f"the UI command exited with {process.returncode}:\n"
+                            f"{started.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the servers did not answer within {START_TIMEOUT_S} s:\n"
+                            f"{started.output()}")
+            time.sleep(1)
+        printed = started.output()
+        assert f"MLflow UI: {started.mlflow}" in printed
+        assert f"Optuna dashboard: {started.dashboard}" in printed
+        yield started
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in group_members(process.pid):  # what it left behind: ours, stop it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def browser(servers):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                              timeout=60_000)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page (no state from other tests); on a failure, the page as it was is saved."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    failed_before = request.session.testsfailed
+    yield page
+    if request.session.testsfailed > failed_before:
+        screenshot(page, f"{request.node.name}-FAILED")
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", header[16:24])
+
+
+def grid_row(page, run_id: str):
+    """The runs table's row of a run. ag-grid splits a row over its pinned and scrolled column
+    containers, each a [role=row] with the run's id: the first is the pinned one (checkbox,
+    name)."""
+    return page.locator(f'[role="row"][row-id="{run_id}"]').first
+
+
+def row_cells(page, label: str) -> list[str]:
+    """The compare view's values in the row headed `label` (an HTML table)."""
+    header = page.locator("th", has_text=re.compile(rf"^{re.escape(label)}$"))
+    row = page.locator("tr", has=header).first
+    row.wait_for()
+    return [cell.strip() for cell in row.locator("td").all_inner_texts()]
+
+
+# ---------------------------------------------------------------------------- MLflow UI
+
+
+def test_experiment_list_and_runs_table_show_the_experiment_and_runs(page, servers, store):
+    page.goto(f"{servers.mlflow}/#/experiments")
+    link = page.locator(f'a[href="#/experiments/{store.experiment_id}"]', has_text=EXPERIMENT)
+    link.wait_for()
+    assert link.inner_text().strip() == EXPERIMENT
+    screenshot(page, "01-experiments")
+
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+    for name in [*RUNS, store.parent_name]:  # top-level rows (trials are folded under theirs)
+        row = grid_row(page, store.run_ids[name])
+        row.wait_for()
+        assert row.get_by_text(name, exact=True).is_visible()
+    assert page.get_by_text(f"{len(store.run_ids)} matching runs").is_visible()
+    screenshot(page, "02-runs-table")
+
+
+def test_run_page_shows_params_metrics_and_a_val_acc_chart(page, servers, store):
+    name = "browser-sgd-logged"
+    run_id = store.run_ids[name]
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{run_id}")
+    page.get_by_role("heading", name=name).wait_for()
+    # Overview: the parameters' table, a [role=row] of [role=cell]s per parameter
+    lr = page.get_by_role("row").filter(
+        has=page.get_by_role("cell", name="optimizer.lr", exact=True))
+    lr.wait_for()
+    assert lr.get_by_role("cell").all_inner_texts()[1].strip() == "0.1"
+    epochs = page.get_by_role("row").filter(
+        has=page.get_by_role("cell", name="trainer.epochs", exact=True))
+    assert epochs.get_by_role("cell").all_inner_texts()[1].strip() == str(EPOCHS)
+    # ...and the metrics' table, each name a link to the model metrics
+    metric = page.locator(f'a[href$="/runs/{run_id}/model-metrics"]', has_text="val_acc")
+    assert metric.first.is_visible()
+    lr.scroll_into_view_if_needed()  # the page scrolls inside the app: bring the row into view
+    screenshot(page, "03-run-overview")
+
+    page.get_by_role("tab", name="Model metrics").click()
+    # one chart card per metric, titled by an <h4>; its plotly line has a marker per epoch
+    card = page.locator('[data-testid="experiment-view-compare-runs-card"]').filter(
+        has=page.locator('h4[title="val_acc"]'))
+    card.locator("svg.main-svg path.js-line").first.wait_for()
+    assert card.locator("svg.main-svg path.point").count() >= EPOCHS
+    assert card.get_by_text(f"{name} (val_acc)").is_visible()  # the legend
+    card.scroll_into_view_if_needed()
+    screenshot(page, "04-run-model-metrics")
+
+
+def test_artifacts_list_the_plots_and_show_one(page, servers, store):
+    run_id = store.run_ids["browser-sgd-logged"]
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{run_id}/artifacts")
+    node = '[data-testid="artifact-tree-node"][artifact-name="{}"]'.format
+    page.locator(node("plots")).click()  # a folder: expands in place
+    for plot in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
+        page.locator(node(plot)).wait_for()
+    page.locator(node("learning_curves.png")).click()
+    page.get_by_text("plots/learning_curves.png", exact=True).wait_for()
+    # the preview: an <img> (from a blob of the downloaded file) that decoded
+    preview = page.locator('.mlflow-artifact-right img[src^="blob:"]').first
+    preview.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                           arg=preview.element_handle(), timeout=UI_TIMEOUT_MS)
+    natural = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    logged = store.folder / "mlruns" / store.experiment_id / run_id / "artifacts" / "plots"
+    assert tuple(natural) == png_size(logged / "learning_curves.png")
+    screenshot(page, "05-run-artifacts")
+
+
+def test_sweep_parent_run_unfolds_into_its_trials(page, servers, store):
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+    parent = grid_row(page, store.run_ids[store.parent_name])
+    parent.wait_for()
+    trial_rows = [grid_row(page, store.run_ids[name]) for name in store.trial_names]
+    assert all(row.count() == 0 for row in trial_rows)  # folded under the parent at first
+    # the fold toggle: the button before the name in the parent's name cell
+    parent.locator('[col-id="attributes.`Run Name`"] button').first.click()
+    parent_index = int(parent.get_attribute("row-index"))
+    below = set()
+    for name, row in zip(store.trial_names, trial_rows, strict=True):
+        row.wait_for()
+        assert row.get_by_text(name, exact=True).is_visible()
+        below.add(int(row.get_attribute("row-index")))
+    # right beneath the parent, before any other run
+    assert below == set(range(parent_index + 1, parent_index + 1 + len(store.trial_names)))
+    screenshot(page, "06-sweep-parent-and-trials")
+
+
+def test_compare_view_shows_the_selected_runs_and_their_params(page, servers, store):
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+    for name in RUNS:
+        row = grid_row(page, store.run_ids[name])
+        row.locator("input.ag-checkbox-input").check()  # the row-selection box
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_url(re.compile(r"#/compare-runs\?"))
+    query = urllib.parse.parse_qs(page.url.split("?", 1)[1])
+    assert set(json.loads(query["runs"][0])) == {store.run_ids[name] for name in RUNS}
+    page.get_by_text(f"Comparing {len(RUNS)} Runs from 1 Experiment").wait_for()
+    names = row_cells(page, "Run Name:")
+    assert sorted(names) == sorted(RUNS)
+    for key in ("optimizer.lr", "optimizer._target_"):
+        shown = dict(zip(names, row_cells(page, key), strict=True))
+        assert shown == {name: store.params[name][key] for name in RUNS}
+    page.locator("tr", has=page.locator("th", has_text=re.compile(r"^optimizer\.lr$"))).first \
+        .scroll_into_view_if_needed()
+    screenshot(page, "07-compare-runs")
+
+
+# ---------------------------------------------------------------------------- optuna-dashboard
+
+
+def test_optuna_dashboard_lists_the_study_and_shows_its_trials(page, servers, store):
+    page.goto(f"{servers.dashboard}/dashboard")
+    card = page.locator('a[href^="/dashboard/studies/"]', has_text=STUDY)
+    card.wait_for()
+    assert card.get_by_text("Direction: MAXIMIZE").is_visible()
+    screenshot(page, "08-dashboard-studies")
+
+    card.click()
+    page.wait_for_url(re.compile(r"/dashboard/studies/\d+$"))
+    page.get_by_text(re.compile(rf"^{STUDY} \(id=\d+\)$")).wait_for()
+    # the history chart: a plotly marker per completed trial
+    history = page.locator("#plot-history")
+    history.locator("path.point").first.wait_for()
+    assert history.locator("path.point").count() >= len(store.trial_names)
+    assert history.locator("text.xtitle").text_content() == "Trial"
+    for number in range(len(store.trial_names)):  # the intermediate values' legend
+        assert page.get_by_text(f"trial #{number}").first.is_visible()
+    screenshot(page, "09-dashboard-study")
+
+    page.goto(page.url + "/trials")
+    for number in range(len(store.trial_names)):
+        page.get_by_text(f"Trial {number}", exact=True).first.wait_for()
+    screenshot(page, "10-dashboard-trials")
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("option", ["port", "dashboard_port"])
+def test_a_port_in_use_is_refused_quickly_with_another_suggested(tmp_path, option):
+    ports = dict(zip(("port", "dashboard_port"), two_free_ports(), strict=True))
+    (tmp_path / "optuna.db").touch()  # a study storage: the dashboard's port is checked too
+    with socket.socket() as taken:
+        taken.bind((HOST, ports[option]))
+        taken.listen()
+        started = time.monotonic()
+        finished = subprocess.run(
+            [sys.executable, "-m", "mlp_experiments.ui", *(f"{k}={v}" for k, v in ports.items()),
+             f"host={HOST}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+             f"storage=sqlite:///{tmp_path / 'optuna.db'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        elapsed = time.monotonic() - started
+    assert finished.returncode != 0
+    assert "in use" in finished.stderr
+    assert f"{option}={ports[option] + 1}" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert elapsed < 30, f"took {elapsed:.0f} s to refuse"
+    assert not (tmp_path / "mlflow.db").exists()  # no server was started
+
+
+def test_sigint_stops_both_servers_and_frees_their_ports(servers):
+    """Last but one in the module: the browser tests need the servers."""
+    assert servers.process.poll() is None, servers.output()
+    servers.process.send_signal(signal.SIGINT)  # as `kill -INT`; Ctrl-C signals the group
+    try:
+        servers.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_TIMEOUT_S} s after SIGINT:\n{servers.output()}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        group_members(servers.process.pid)
+        or not all(nothing_listens(p) for p in (servers.port, servers.dashboard_port))
+    ):
+        time.sleep(0.5)
+    assert group_members(servers.process.pid) == [], "processes left behind after SIGINT"
+    assert nothing_listens(servers.port) and nothing_listens(servers.dashboard_port)
+
+
+@pytest.mark.xfail(raises=UserError, reason="ui.check_port_free binds without SO_REUSEADDR: "
+                   "the server side's TIME_WAIT connections make a just-freed port look in use "
+                   "for up to a minute")
+def test_the_command_may_start_again_at_once_on_the_ports_it_freed(servers):
+    from mlp_experiments.ui import check_port_free
+
+    if servers.process.poll() is None:
+        pytest.skip("the servers are still running")
+    check_port_free(HOST, servers.port, "port")
+    check_port_free(HOST, servers.dashboard_port, "dashboard_port")
