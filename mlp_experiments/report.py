@@ -510,6 +510,7 @@ def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
         frame = study.trials_dataframe().drop(columns=["user_attrs_history"], errors="ignore")
         frame.to_csv(folder / "trials.csv", index=False)
         client.log_artifact(parent_run_id, str(folder / "trials.csv"))
+    client.set_terminated(parent_run_id)  # its end time: the last time the study was summarised
 
 
 # ---------------------------------------------------------------------------- the command

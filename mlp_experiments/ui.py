@@ -7,8 +7,8 @@ optuna-dashboard beside it; prints both addresses; Ctrl-C stops both.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,13 +35,16 @@ def parse_arguments(arguments: list[str]) -> dict[str, str]:
     return values
 
 
-def check_port_free(host: str, port: int, option: str) -> None:
+def check_port_free(host: str, port: int, option: str, taken: set[int]) -> None:
     with socket.socket() as sock:
+        # A port just freed by a stopped server still has TIME_WAIT connections: that is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
+            free = next(p for p in range(port + 1, port + 100) if p not in taken)
             raise UserError(
-                f"Port {port} on {host} is in use: pass another, e.g. {option}={port + 1}."
+                f"Port {port} on {host} is in use: pass another, e.g. {option}={free}."
             ) from None
 
 
@@ -56,41 +59,54 @@ def commands(values: dict[str, str]) -> list[tuple[str, list[str], str]]:
     host = values["host"]
     servers = [("MLflow UI",
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                 values["tracking.uri"], "--host", host, "--port", values["port"]],
+                 values["tracking.uri"], "--host", host, "--port", values["port"],
+                 "--workers", "1"],
                 f"http://{host}:{values['port']}")]
     if study_storage_exists(values["storage"]):
-        dashboard = shutil.which("optuna-dashboard") or "optuna-dashboard"
+        # Beside this interpreter: the environment need not be activated.
+        dashboard = Path(sys.executable).parent / "optuna-dashboard"
         servers.append(("Optuna dashboard",
-                        [dashboard, values["storage"], "--host", host,
+                        [str(dashboard), values["storage"], "--host", host,
                          "--port", values["dashboard_port"]],
                         f"http://{host}:{values['dashboard_port']}"))
     return servers
 
 
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGINT to each server's whole process group (workers, job runners), SIGKILL after 10 s."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
+
+
 def serve(values: dict[str, str]) -> None:
-    check_port_free(values["host"], int(values["port"]), "port")
     servers = commands(values)
+    ports = {int(values["port"]), int(values["dashboard_port"])}
+    check_port_free(values["host"], int(values["port"]), "port", ports)
     if len(servers) > 1:
-        check_port_free(values["host"], int(values["dashboard_port"]), "dashboard_port")
-    processes = [subprocess.Popen(command) for _, command, _ in servers]
-    for name, _, address in servers:
-        print(f"{name}: {address}", flush=True)
-    if len(servers) == 1:
-        print(f"(no study storage at {values['storage']}: no Optuna dashboard)", flush=True)
+        check_port_free(values["host"], int(values["dashboard_port"]), "dashboard_port", ports)
+    # SIGTERM (kill, docker stop, a CI timeout) stops the servers as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    processes = []
     try:
+        for _, command, _ in servers:
+            processes.append(subprocess.Popen(command, start_new_session=True))
+        for name, _, address in servers:
+            print(f"{name}: {address}", flush=True)
+        if len(servers) == 1:
+            print(f"(no study storage at {values['storage']}: no Optuna dashboard)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -27,8 +27,6 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from mlp_experiments.config import UserError
-
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
@@ -472,9 +470,6 @@ def test_sigint_stops_both_servers_and_frees_their_ports(servers):
     assert nothing_listens(servers.port) and nothing_listens(servers.dashboard_port)
 
 
-@pytest.mark.xfail(raises=UserError, reason="ui.check_port_free binds without SO_REUSEADDR: "
-                   "the server side's TIME_WAIT connections make a just-freed port look in use "
-                   "for up to a minute")
 def test_the_command_may_start_again_at_once_on_the_ports_it_freed(servers):
     from mlp_experiments.ui import check_port_free
 
