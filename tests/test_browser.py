@@ -475,5 +475,6 @@ def test_the_command_may_start_again_at_once_on_the_ports_it_freed(servers):
 
     if servers.process.poll() is None:
         pytest.skip("the servers are still running")
-    check_port_free(HOST, servers.port, "port")
-    check_port_free(HOST, servers.dashboard_port, "dashboard_port")
+    ports = {servers.port, servers.dashboard_port}
+    check_port_free(HOST, servers.port, "port", ports)  # raises UserError if it looks in use
+    check_port_free(HOST, servers.dashboard_port, "dashboard_port", ports)
