@@ -207,7 +207,17 @@ def load_release(name: str, root: str, verify: bool) -> tuple[dict, str, str]:
 # ---------------------------------------------------------------------------- generated data
 
 
-def _digest(*settings) -> str:
+def release_digest(cfg) -> str:
+    """Identifies the data before any split: the files' checksums, or the generator's
+    settings. Cheap once the files were read (sweeps hash every trial's config with it)."""
+    if cfg.name == "synthetic":
+        settings = ("synthetic", cfg.train_size, cfg.test_size, cfg.seed, cfg.num_classes,
+                    cfg.features)
+    elif cfg.name == "regression":
+        settings = ("regression", cfg.train_size, cfg.test_size, cfg.seed, cfg.features,
+                    cfg.noise)
+    else:
+        return load_release(cfg.name.value, cfg.root, cfg.verify)[1]
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
 
 
@@ -226,8 +236,7 @@ def synthetic_release(cfg) -> tuple[dict, str]:
         return inputs, labels
 
     splits = {"train": draw(cfg.train_size), "test": draw(cfg.test_size)}
-    settings = ("synthetic", cfg.train_size, cfg.test_size, cfg.seed, cfg.num_classes, cfg.features)
-    return splits, _digest(*settings)
+    return splits, release_digest(cfg)
 
 
 def friedman1(x: torch.Tensor) -> torch.Tensor:
@@ -247,8 +256,7 @@ def regression_release(cfg) -> tuple[dict, str]:
         return inputs, (friedman1(inputs) + noise).unsqueeze(1)
 
     splits = {"train": draw(cfg.train_size), "test": draw(cfg.test_size)}
-    settings = ("regression", cfg.train_size, cfg.test_size, cfg.seed, cfg.features, cfg.noise)
-    return splits, _digest(*settings)
+    return splits, release_digest(cfg)
 
 
 # ---------------------------------------------------------------------------- splits

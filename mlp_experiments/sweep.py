@@ -440,7 +440,7 @@ class Objective:
 
         cfg = compose_config(overrides)
         cfg.tracking.run_name = f"{self.sweep.study_name}-{trial.number}"
-        run_hash = config_hash(cfg, data.load_dataset(cfg.data).digest)
+        run_hash = config_hash(cfg, data.release_digest(cfg.data))
         trial.set_user_attr("config_hash", run_hash)
         earlier = self.finished_with_hash(trial.study, run_hash)
         if earlier is not None:
