@@ -12,7 +12,8 @@ def error_for(*overrides: str) -> str:
     return str(error.value)
 
 
-def test_the_default_config_is_the_notes_concise_mlp():
+def test_the_default_config_is_the_notes_concise_mlp(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it
     cfg = compose_config()
     assert cfg.data.name == "fashion_mnist" and cfg.model.hidden_sizes == [256]
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.5
