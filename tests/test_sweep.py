@@ -189,9 +189,10 @@ n_trials: 3
 
 def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
     study = sweeps.run_sweep(sweep_file(SEARCH, "sweep.n_trials=6", "sweep.n_workers=2",
-                                        "sweep.sampler=random"))
+                                        "sweep.sampler=random", "sweep.pruner=none"))
     assert len(study.trials) == 6
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert [(t.state, t.user_attrs.get("outcome")) for t in study.trials] == [
+        (TrialState.COMPLETE, "completed")] * 6
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 6
 

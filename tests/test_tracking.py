@@ -51,7 +51,7 @@ def test_one_epoch_run_is_read_back_from_mlflow(synthetic_cfg, tracking_uri, req
     config_path = client.download_artifacts(run.info.run_id, "config.yaml")
     assert "lr: 0.05" in Path(config_path).read_text()
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model(torch.zeros(2, 28, 28)).shape == (2, 10)  # raw pixels in, probabilities out
 
 
 def test_a_resumed_run_continues_the_same_mlflow_run(synthetic_cfg, tracking_uri, request):
