@@ -50,10 +50,8 @@ class ScratchDropout(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
+        if not self.training or self.p == 0:  # dropout_rates keeps p below 1
             return x
-        if self.p == 1:
-            return torch.zeros_like(x)
         mask = (torch.rand(x.shape, device=x.device) > self.p).float()
         return mask * x / (1.0 - self.p)
 
