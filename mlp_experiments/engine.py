@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlp_experiments import locks
 from mlp_experiments.config import UserError
 from mlp_experiments.losses import Scoring, predict_classes
 
@@ -109,10 +111,43 @@ def evaluate(model: nn.Module, batches, objective: Objective, autocast) -> dict[
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, history, extra: dict) -> None:
-    """Write to a temporary file and rename it: a crash never leaves a half-written checkpoint."""
+def checkpoint_path(directory: str, config_hash: str) -> Path:
+    """One checkpoint per exact configuration: the same command + trainer.resume=true finds it."""
+    return Path(directory) / config_hash / "last.pt"
+
+
+@contextmanager
+def claim(checkpoint: Path) -> Iterator[None]:
+    """Only one process trains a configuration at a time: a second one on the same checkpoint
+    is refused at once instead of overwriting the first one's epochs."""
+    try:
+        with locks.file_lock(checkpoint.with_suffix(".lock"), wait=False):
+            yield
+    except locks.Locked as locked:
+        raise UserError(
+            f"Another process ({locked.holder}) is training this exact configuration right now "
+            f"(checkpoint {checkpoint}). Wait for it to end, then run again with "
+            f"trainer.resume=true to continue or reuse its result, or give this run its own "
+            f"trainer.checkpoint_dir."
+        ) from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file of this process and rename it: a crash never leaves a
+    half-written checkpoint, and no two writers share a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def training_state(model, optimizer, scheduler, history, extra: dict) -> dict:
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None,
@@ -121,9 +156,6 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, history, extra: dic
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "extra": extra,
     }
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -133,6 +165,14 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(
             f"Cannot resume from {path}: {error}. Delete it, or run without trainer.resume=true."
         ) from None
+
+
+def mark_finished(path: Path, outcome: str) -> None:
+    """Record in the checkpoint that its run ended and was recorded: resuming it does nothing."""
+    if path.exists():
+        state = load_checkpoint(path)
+        state["extra"]["outcome"] = outcome
+        save_checkpoint(path, state)
 
 
 def restore(state: dict, model, optimizer, scheduler) -> list[dict[str, float]]:
@@ -180,8 +220,10 @@ def fit(
 ) -> FitResult:
     """Train `model` on `batches["train"]`, evaluating on "val" and "test" after each epoch.
 
-    `state` is a loaded checkpoint to resume from; `raw_model` is the uncompiled module whose
-    state is saved when `model` is the output of torch.compile.
+    `state` is a loaded checkpoint to resume from: its epochs go through `on_epoch` again
+    first, so every watcher (the MLflow record, a pruner) has every epoch of a resumed run.
+    `raw_model` is the uncompiled module whose state is saved when `model` is the output of
+    torch.compile.
     """
     raw_model = raw_model or model
     result = FitResult(history=restore(state, raw_model, optimizer, scheduler) if state else [])
@@ -191,56 +233,65 @@ def fit(
         if settings.precision == "bf16"
         else nullcontext
     )
-    train = batches["train"]
-    for epoch in range(len(result.history) + 1, settings.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device_type)
-        sums = torch.zeros(len(objective.scoring.names), device=device_type)
-        for inputs, targets in wrap_batches(train.epoch(settings.seed, epoch), epoch, len(train)):
-            with autocast():
-                outputs = model(inputs)
-                data_loss = objective.loss_fn(outputs, targets)
-            loss = data_loss + objective.penalty_term(len(targets))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += objective.example_sum(data_loss, len(targets))
-            sums += objective.scoring.batch_sums(outputs, targets)
-        train_seconds = time.perf_counter() - started
-        if scheduler is not None:
-            scheduler.step()
-        metrics = {"train_loss": float(loss_sum) / train.num_examples}
-        scores = objective.scoring.finish(sums, train.num_examples)
-        metrics |= {f"train_{name}": value for name, value in scores.items()}
-        for split in ("val", "test"):
-            scores = evaluate(model, batches[split], objective, autocast)
-            metrics |= {f"{split}_{name}": value for name, value in scores.items()}
-        metrics |= {
-            "lr": lr,
-            "epoch_time_s": time.perf_counter() - started,
-            "samples_per_s": train.num_examples / train_seconds,
-        }
-        result.history.append(metrics)
-        diverged = not math.isfinite(metrics["train_loss"])
-        if settings.checkpoint and not diverged:
-            save_checkpoint(
-                settings.checkpoint, raw_model, optimizer, scheduler, result.history,
-                settings.checkpoint_extra,
-            )
-        try:
+    try:
+        for epoch, metrics in enumerate(result.history, start=1):
             on_epoch(epoch, metrics)
-        except StopTraining as stop:
-            result.outcome = DIVERGED if diverged else stop.outcome
-            break
-        if diverged:
-            result.outcome = DIVERGED
-            break
-        if should_stop_early(result.history, settings.patience):
-            result.outcome = EARLY_STOPPED
-            break
+        for epoch in range(len(result.history) + 1, settings.epochs + 1):
+            metrics = train_epoch(model, objective, optimizer, scheduler, batches, epoch,
+                                  settings.seed, wrap_batches, autocast)
+            result.history.append(metrics)
+            if not math.isfinite(metrics["train_loss"]):
+                result.outcome = DIVERGED  # recorded, never checkpointed
+                on_epoch(epoch, metrics)
+                break
+            if settings.checkpoint:  # before the hooks: what they record is always resumable
+                save_checkpoint(settings.checkpoint, training_state(
+                    raw_model, optimizer, scheduler, result.history, settings.checkpoint_extra))
+            on_epoch(epoch, metrics)
+            if should_stop_early(result.history, settings.patience):
+                result.outcome = EARLY_STOPPED
+                break
+    except StopTraining as stop:
+        if result.outcome != DIVERGED:
+            result.outcome = stop.outcome
     return result
+
+
+def train_epoch(model, objective: Objective, optimizer, scheduler, batches: dict, epoch: int,
+                seed: int, wrap_batches: BatchWrapper, autocast) -> dict[str, float]:
+    """One pass over the training batches, then the scheduler step and the evaluation of every
+    split: the epoch's metrics."""
+    started = time.perf_counter()
+    device_type = next(model.parameters()).device.type
+    model.train()
+    lr = optimizer.param_groups[0]["lr"]
+    loss_sum = torch.zeros((), device=device_type)
+    sums = torch.zeros(len(objective.scoring.names), device=device_type)
+    train = batches["train"]
+    for inputs, targets in wrap_batches(train.epoch(seed, epoch), epoch, len(train)):
+        with autocast():
+            outputs = model(inputs)
+            data_loss = objective.loss_fn(outputs, targets)
+        loss = data_loss + objective.penalty_term(len(targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += objective.example_sum(data_loss, len(targets))
+        sums += objective.scoring.batch_sums(outputs, targets)
+    train_seconds = time.perf_counter() - started
+    if scheduler is not None:
+        scheduler.step()
+    metrics = {"train_loss": float(loss_sum) / train.num_examples}
+    scores = objective.scoring.finish(sums, train.num_examples)
+    metrics |= {f"train_{name}": value for name, value in scores.items()}
+    for split in ("val", "test"):
+        scores = evaluate(model, batches[split], objective, autocast)
+        metrics |= {f"{split}_{name}": value for name, value in scores.items()}
+    return metrics | {
+        "lr": lr,
+        "epoch_time_s": time.perf_counter() - started,
+        "samples_per_s": train.num_examples / train_seconds,
+    }
 
 
 @torch.no_grad()
@@ -250,7 +301,3 @@ def predict(model: nn.Module, batches) -> np.ndarray:
     predictions = [predict_classes(model(inputs)).cpu() for inputs, _ in batches.epoch(0, 0)]
     return torch.cat(predictions).numpy()
 
-
-def checkpoint_path(directory: str, config_hash: str) -> Path:
-    """One checkpoint per exact configuration: the same command + trainer.resume=true finds it."""
-    return Path(directory) / config_hash / "last.pt"

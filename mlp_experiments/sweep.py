@@ -8,12 +8,14 @@ have finished in total; `sweep.n_workers=K` runs K worker processes on the same 
 
 from __future__ import annotations
 
-import fcntl
+import copy
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from mlp_experiments.config import (
     register_configs,
     validate,
 )
+from mlp_experiments.locks import file_lock, once
+from mlp_experiments.redact import redact
 
 log = logging.getLogger("mlp_experiments.sweep")
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
@@ -37,7 +41,7 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 # Keys whose sensible values span orders of magnitude: a linear search wastes most trials.
 LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization.l2_penalty",
                   "regularization.l1_penalty"}
-FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "diverged", "error")
+FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverged", "error")
 # A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial silent for STALE_AFTER_S
 # (its worker was killed) is failed and queued again.
 HEARTBEAT_S, STALE_AFTER_S = 5, 20
@@ -236,12 +240,15 @@ def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[st
 
 
 def storage_url(sweep: DictConfig) -> str:
-    return sweep.storage or DEFAULT_STORAGE
+    """sweep.storage, else $OPTUNA_STORAGE (keeps a password off command lines), else a
+    SQLite file in the working directory."""
+    return sweep.storage or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
 
 
-def make_storage(url: str):
-    """RDB storages (SQLite, PostgreSQL) get heartbeats: a killed worker's trial is failed and
-    queued again. Any other Optuna storage URL is used as it is."""
+def make_storage(url: str, tracking_uri: str | None = None):
+    """RDB storages (SQLite, PostgreSQL) get heartbeats: a killed worker's trial is failed,
+    its MLflow run (in `tracking_uri`) marked FAILED, and the trial queued again. Any other
+    Optuna storage URL is used as it is."""
     import optuna
 
     if not url.startswith(("sqlite", "postgresql", "mysql")):
@@ -254,10 +261,32 @@ def make_storage(url: str):
             engine_kwargs=engine_kwargs,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=STALE_AFTER_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=3
-            ),
+            heartbeat_stale_trial_callback=LostTrial(tracking_uri),
         )
+
+
+class LostTrial:
+    """Optuna's heartbeat found a trial whose worker died: close its MLflow run as FAILED
+    (it would stay RUNNING forever) and queue the trial again; the retry resumes from the
+    dead trial's checkpoint (see Objective)."""
+
+    def __init__(self, tracking_uri: str | None):
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.tracking_uri and run_id:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            client.set_tag(run_id, "outcome", "worker_lost")
+            client.set_terminated(run_id, "FAILED")
+        # Optuna's retry copies the trial's user attributes: mark which trial it takes over.
+        marked = copy.copy(trial)
+        marked.user_attrs = {**trial.user_attrs, "resumes": trial.number}
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, marked)
 
 
 def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
@@ -289,7 +318,7 @@ def make_pruner(sweep: DictConfig):
     return pruners[sweep.pruner](**sweep.pruner_args)
 
 
-def open_study(sweep: DictConfig, distributions: dict[str, Any]):
+def open_study(sweep: DictConfig, distributions: dict[str, Any], tracking_uri: str | None = None):
     """Create or load the study. Each opening (a resumed command, a worker, a command on another
     machine) seeds its sampler differently, in the order they open the study: two workers must
     not propose the same trials, and a resumed search must not repeat its first ones."""
@@ -297,7 +326,7 @@ def open_study(sweep: DictConfig, distributions: dict[str, Any]):
 
     # Workers starting at once would race to create the storage's tables and the study.
     with budget_lock(storage_url(sweep), "storage"):
-        storage = make_storage(storage_url(sweep))
+        storage = make_storage(storage_url(sweep), tracking_uri)
         study = optuna.create_study(study_name=sweep.study_name, storage=storage,
                                     direction=sweep.direction, load_if_exists=True)
         opened = study.user_attrs.get("samplers_seeded", 0)
@@ -354,21 +383,10 @@ def budget_lock(url: str, name: str):
         with _advisory_lock(url, name) as release:
             yield release
     elif url.startswith("sqlite:///"):
-        with _file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
+        with file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
             yield release
     else:
         yield lambda: None
-
-
-@contextmanager
-def _file_lock(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        release = _once(lambda: fcntl.flock(handle, fcntl.LOCK_UN))
-        try:
-            yield release
-        finally:
-            release()
 
 
 @contextmanager
@@ -381,7 +399,7 @@ def _advisory_lock(url: str, name: str):
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        unlock = _once(lambda: connection.execute(
+        unlock = once(lambda: connection.execute(
             sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key}))
         try:
             yield unlock
@@ -390,28 +408,18 @@ def _advisory_lock(url: str, name: str):
     engine.dispose()
 
 
-def _once(action):
-    """`action` made safe to call twice (released early by the trial, then on exit)."""
-    done = []
-
-    def run_once():
-        if not done:
-            done.append(True)
-            action()
-
-    return run_once
-
-
 # ---------------------------------------------------------------------------- trials
 
 
 class Objective:
-    """One Optuna trial = one training run, reporting each epoch to the pruner."""
+    """One Optuna trial = one training run in its own MLflow child run, reporting each epoch to
+    the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
 
     def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
-                 parent_run_id: str | None):
+                 parent_run_id: str | None, deadline: float | None):
         self.sweep, self.training = sweep, training
         self.distributions, self.parent_run_id = distributions, parent_run_id
+        self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
         self.release_budget = lambda: None
 
     def __call__(self, trial) -> float:
@@ -424,9 +432,14 @@ class Objective:
                 if self.sweep.variants else {}
             params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
             overrides = trial_overrides(self.sweep, self.training, params)
-            trial.set_user_attr("overrides", overrides)
+            trial.set_user_attr("overrides", [redact(o) for o in overrides])
             return self.train(trial, overrides)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("outcome", "interrupted")
+            # Queued again: the next command resumes it from its checkpoint.
+            trial.study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
             raise
         except Exception:
             trial.set_user_attr("outcome", "error")
@@ -435,11 +448,10 @@ class Objective:
     def train(self, trial, overrides: list[str]) -> float:
         import optuna
 
-        from mlp_experiments import data, engine
+        from mlp_experiments import data, engine, tracking
         from mlp_experiments.train import train
 
         cfg = compose_config(overrides)
-        cfg.tracking.run_name = f"{self.sweep.study_name}-{trial.number}"
         run_hash = config_hash(cfg, data.release_digest(cfg.data))
         trial.set_user_attr("config_hash", run_hash)
         earlier = self.finished_with_hash(trial.study, run_hash)
@@ -448,16 +460,24 @@ class Objective:
             trial.set_user_attr("history", earlier.user_attrs.get("history", []))
             trial.set_user_attr("outcome", earlier.user_attrs["outcome"])
             return earlier.value
+        cfg.trainer.resume = resumed_trial(trial) is not None
+        run_id = None
+        if cfg.tracking.enabled:
+            run_name = f"{self.sweep.study_name}-{trial.number}"
+            run_id = tracking.create_run(cfg.tracking, run_name, self.parent_run_id)
+            trial.set_user_attr("mlflow_run_id", run_id)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[self.sweep.metric], epoch)
             if trial.should_prune():
                 raise engine.StopTraining("pruned")
+            if self.deadline is not None and time.time() >= self.deadline:
+                raise engine.StopTraining("timeout")
 
-        result = train(cfg, hooks=(report,), parent_run_id=self.parent_run_id)
+        result = train(cfg, hooks=(report,), run_id=run_id)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("outcome", result.outcome)
-        if result.outcome == "pruned":
+        if result.outcome in ("pruned", "timeout"):
             raise optuna.TrialPruned()
         if result.outcome == "diverged":
             return float("nan")  # Optuna records the trial as FAIL, and the sweep goes on
@@ -473,13 +493,17 @@ class Objective:
         return None
 
 
+def resumed_trial(trial) -> int | None:
+    """The number of the trial this one takes over: one whose worker was lost (queued by
+    LostTrial) or one interrupted by Ctrl-C (queued by Objective)."""
+    return trial.user_attrs.get("resumes")
+
+
 def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
-         torch_threads: int) -> None:
-    """A worker: start trials until the study has its n_trials (or the timeout passes). With
+         tracking_uri: str | None, torch_threads: int, deadline: float | None) -> None:
+    """A worker: start trials until the study has its n_trials (or the deadline passes). With
     the budget reached it stays while other trials run: if their worker was killed, it fails
     them once their heartbeat is stale and runs the retries, so no trial is lost."""
-    import time
-
     import optuna
     import torch
     from optuna.trial import TrialState
@@ -487,12 +511,10 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
     torch.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = parse_space(sweep.space)
-    study = open_study(sweep, distributions)
-    objective = Objective(sweep, training, distributions, parent_run_id)
-    n_trials, deadline = budget(sweep, distributions), None
-    if sweep.timeout:
-        deadline = time.monotonic() + sweep.timeout
-    while deadline is None or time.monotonic() < deadline:
+    study = open_study(sweep, distributions, tracking_uri)
+    objective = Objective(sweep, training, distributions, parent_run_id, deadline)
+    n_trials = budget(sweep, distributions)
+    while deadline is None or time.time() < deadline:
         with budget_lock(storage_url(sweep), sweep.study_name) as release:
             if more_to_run(study, n_trials):
                 objective.release_budget = release
@@ -543,13 +565,13 @@ def write_best_preset(study, sweep: DictConfig) -> Path:
 def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
     done = counted_trials(study)
     lines = [
-        f"study {sweep.study_name} in {storage_url(sweep)}",
+        f"study {sweep.study_name} in {redact(storage_url(sweep))}",
         f"  objective: {sweep.direction} {sweep.metric}",
         f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
         f"{dict(sweep.pruner_args) or ''}",
         f"  trials: {n_trials} in total, {done} already there, {max(n_trials - done, 0)} to run "
         f"on {sweep.n_workers} worker(s)",
-        f"  fixed overrides: {' '.join([*sweep.overrides, *training]) or '(none)'}",
+        f"  fixed overrides: {redact(' '.join([*sweep.overrides, *training])) or '(none)'}",
     ]
     lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
     lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
@@ -561,60 +583,95 @@ def run_sweep(arguments: list[str]):
     register_configs()
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
+    deadline = time.time() + sweep.timeout if sweep.timeout else None
     distributions = parse_space(sweep.space)
     check_space(sweep, training, distributions)
     base = compose_config([*sweep.overrides, *training])
+    tracking_uri = base.tracking.uri if base.tracking.enabled else None
 
     from mlp_experiments import tracking
 
-    study = open_study(sweep, distributions)
+    study = open_study(sweep, distributions, tracking_uri)
     study.set_user_attr("kind", "comparison" if sweep.sampler == "grid" else "search")
     study.set_user_attr("metric", sweep.metric)
     n_trials = budget(sweep, distributions)
     print_plan(sweep, distributions, study, n_trials, training)
     parent_run_id = None
-    if base.tracking.enabled:  # one parent run, also when several commands start at once
+    if tracking_uri:  # one parent run, also when several commands start at once
         with budget_lock(storage_url(sweep), sweep.study_name):
             parent_run_id = tracking.study_parent_run(base.tracking, study, sweep)
-    launch_workers(sweep, training, parent_run_id)
+    lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+    ended = [t for t in study.get_trials(deepcopy=False)
+             if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+    if lost_workers and len(ended) < n_trials and not past(deadline):
+        raise UserError(
+            f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died (see "
+            f"their output): run the same command again to finish the study."
+        )
     if parent_run_id:
         from mlp_experiments import report
 
         report.summarise_in_mlflow(study, sweep, base.tracking, parent_run_id)
+    if ended and all(t.user_attrs["outcome"] in ("error", "diverged") for t in ended):
+        raise UserError(
+            f"Every trial of study {sweep.study_name} failed ({len(ended)}): the errors are "
+            f"in the output above and in each trial's MLflow run."
+        )
     return study
 
 
-def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None) -> None:
+def past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+                   tracking_uri: str | None, deadline: float | None) -> int:
+    """Run the workers; return how many died (a killed worker's trial is retried by the others,
+    so the study can still be complete)."""
     import torch
 
     # Oversubscribed OpenMP threads spin against each other: give each worker its share of
     # the threads torch would use (os.cpu_count(), or OMP_NUM_THREADS when set).
     threads = max(1, torch.get_num_threads() // sweep.n_workers)
     if sweep.n_workers == 1:
-        work(sweep, training, parent_run_id, threads)
-        return
+        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
+        return 0
     context = multiprocessing.get_context("spawn")
     sweep_container = OmegaConf.to_container(sweep)
     workers = [
         context.Process(target=_worker_main,
-                        args=(sweep_container, training, parent_run_id, threads, index))
+                        args=(sweep_container, training, parent_run_id, tracking_uri, threads,
+                              deadline, index))
         for index in range(sweep.n_workers)
     ]
     for worker in workers:
         worker.start()
-    for worker in workers:
-        worker.join()
-    failed = [w.exitcode for w in workers if w.exitcode]
-    if failed:
-        raise UserError(f"{len(failed)} worker(s) exited with codes {failed}: see their output.")
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:  # Ctrl-C reached us alone (not the terminal's process group)
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGINT)
+        for worker in workers:
+            worker.join()
+        raise
+    lost = [w.exitcode for w in workers if w.exitcode]
+    if lost:
+        log.warning("%d worker(s) exited with codes %s", len(lost), lost)
+    return len(lost)
 
 
 def _worker_main(sweep_container: dict, training: list[str], parent_run_id: str | None,
-                 threads: int, index: int) -> None:
+                 tracking_uri: str | None, threads: int, deadline: float | None,
+                 index: int) -> None:
     register_configs()
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
     sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
-    work(sweep, training, parent_run_id, threads)
+    try:
+        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def main() -> None:
@@ -623,6 +680,10 @@ def main() -> None:
         run_sweep(sys.argv[1:])
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the study (the interrupted "
+              "trial continues from its checkpoint)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
@@ -17,12 +20,24 @@ import torch
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import plots
+from mlp_experiments import locks, plots
 from mlp_experiments.config import UserError, flatten
 from mlp_experiments.models import ServingModel
+from mlp_experiments.redact import redact
 
+# What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
-                 "diverged": "FAILED"}
+                 "timeout": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
+                 "crashed": "FAILED"}
+# How long a call to a tracking server is retried before the run stops (urllib3 backoff:
+# 0, 2, 4, 8, 16 s, each attempt timing out after 15 s): about half a minute when the server
+# is down, not MLflow's default of minutes. Set the variables to choose another budget.
+RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+class TrackingUnavailable(UserError):
+    """The tracking store stopped taking the run's records: training stops, checkpoint intact."""
 
 
 def git_commit() -> str:
@@ -41,49 +56,102 @@ def check_server(uri: str) -> None:
             return
     except (urllib.error.URLError, OSError) as error:
         raise UserError(
-            f"MLflow tracking server {uri} is unreachable ({error}). Start it with "
+            f"MLflow tracking server {redact(uri)} is unreachable ({error}). Start it with "
             f"`uv run mlflow server --host 127.0.0.1 --port 5000`, point tracking.uri at a "
             f"running one, or record locally with tracking.uri=sqlite:///mlflow.db "
             f"(or tracking=none)."
         ) from None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def open_store(uri: str, experiment: str) -> str:
+    """Point MLflow at the store and return the experiment's id (created if new). Fresh
+    processes on one new SQLite file take turns: creating its tables is not safe to race."""
+    for name, value in RETRY_BUDGET.items():
+        os.environ.setdefault(name, value)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    database = sqlite_path(uri)
+    try:
+        with locks.file_lock(Path(f"{database}.lock")) if database else nullcontext():
+            return mlflow.set_experiment(experiment).experiment_id
+    except Exception as error:
+        raise UserError(
+            f"Cannot open MLflow tracking store {redact(uri)} ({redact(str(error))}). Fix "
+            f"tracking.uri, or record nothing with tracking=none."
+        ) from None
+
+
+def create_run(cfg: DictConfig, run_name: str, parent_run_id: str | None) -> str:
+    """An empty run (a sweep's trial, made before it trains so a lost worker's run can be
+    closed); `MlflowTracker.recording` fills it."""
+    experiment_id = open_store(cfg.uri, cfg.experiment)
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    return mlflow.MlflowClient().create_run(experiment_id, run_name=run_name,
+                                            tags=tags).info.run_id
+
+
 class MlflowTracker:
-    """One MLflow run per training; `run_id` given resumes an interrupted run."""
+    """One MLflow run per training, opened by `recording`, which gives every way out of it the
+    run's true status; a resumed run continues its own MLflow run and logs the epochs it lacks."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.run_id: str | None = None
-
-    def connect(self) -> None:
-        if self.cfg.uri.startswith(("http://", "https://")):
-            check_server(self.cfg.uri)
-        mlflow.set_tracking_uri(self.cfg.uri)
-        try:
-            mlflow.set_experiment(self.cfg.experiment)
-        except Exception as error:
-            raise UserError(
-                f"Cannot open MLflow tracking store {self.cfg.uri} ({error}). Fix tracking.uri "
-                f"or record nothing with tracking=none."
-            ) from None
+        self.logged_epochs: set[int] = set()
+        open_store(cfg.uri, cfg.experiment)
         self.client = mlflow.MlflowClient()
 
-    def start(self, cfg: DictConfig, tags: dict[str, str], resume_run_id: str | None,
-              dataset) -> str:
-        run = mlflow.start_run(run_id=resume_run_id, run_name=self.cfg.run_name, tags=tags,
+    @contextmanager
+    def recording(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None,
+                  dataset) -> Iterator[str]:
+        """Start (or continue) the run; an exception marks it crashed (FAILED), Ctrl-C
+        interrupted (KILLED), and a tracking store that stops answering stops the run with one
+        message. The body ends the run itself with `finish` when training is over."""
+        try:
+            self.start(cfg, tags, run_id, dataset)
+            yield self.run_id
+        except KeyboardInterrupt:
+            self.end("interrupted")
+            raise
+        except mlflow.exceptions.MlflowException as error:
+            self.end("crashed", retries=False)
+            raise TrackingUnavailable(
+                f"MLflow stopped taking the records of run {self.run_id} in {redact(self.cfg.uri)} "
+                f"({redact(str(error)).splitlines()[0][:300]}). Training stopped; the checkpoint "
+                f"keeps every finished epoch. Once the tracking store is back, run the same "
+                f"command with trainer.resume=true: it continues the run and logs the epochs "
+                f"MLflow lacks."
+            ) from None
+        except BaseException:
+            self.end("crashed")
+            raise
+
+    def start(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None, dataset) -> None:
+        run = mlflow.start_run(run_id=run_id, run_name=self.cfg.run_name, tags=tags,
                                log_system_metrics=self.cfg.system_metrics)
         self.run_id = run.info.run_id
-        if resume_run_id is None:
-            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-            mlflow.log_params(flatten(resolved))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            log_datasets(dataset)
-        return self.run_id
+        if run.data.params:
+            history = self.client.get_metric_history(self.run_id, "train_loss")
+            self.logged_epochs = {metric.step for metric in history}
+            return
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        mlflow.log_params({key: redact(str(value)) for key, value in flatten(resolved).items()})
+        mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        log_datasets(dataset)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The epoch's metrics, unless the run has them (a resumed run replays its epochs)."""
+        if epoch in self.logged_epochs:
+            return
         timestamp = int(time.time() * 1000)
         batch = [Metric(name, value, timestamp, epoch) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self.logged_epochs.add(epoch)
 
     def log_results(self, model, history, dataset, predictions: np.ndarray | None, table: str,
                     output: str) -> None:
@@ -133,11 +201,32 @@ class MlflowTracker:
         mlflow.set_tag("outcome", outcome)
         mlflow.end_run(status=MLFLOW_STATUS[outcome])
 
-    def abort(self, outcome: str) -> None:
-        """The run was interrupted or crashed: mark it so, and keep what it recorded."""
-        if mlflow.active_run() is not None:
-            mlflow.set_tag("outcome", outcome)
-            mlflow.end_run(status="KILLED" if outcome == "interrupted" else "FAILED")
+    def end(self, outcome: str, retries: bool = True) -> None:
+        """Mark the run as `outcome` if the store still answers (without retrying when it was
+        the store that failed: one wait for it is enough), keeping what it recorded."""
+        if mlflow.active_run() is None:
+            return
+        budget = {} if retries else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        try:
+            with environment(budget):
+                mlflow.set_tag("outcome", outcome)
+                mlflow.end_run(status=MLFLOW_STATUS[outcome])
+        except mlflow.exceptions.MlflowException:
+            pass  # end_run took it off the stack first: nothing retries at exit
+
+
+@contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def log_datasets(dataset) -> None:
@@ -162,28 +251,28 @@ def log_datasets(dataset) -> None:
 def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:
     """The study's MLflow parent run: made by the first command that runs the study, found
     again (its id is a study attribute) by every later one, so resumed trials nest under it."""
-    tracker = MlflowTracker(cfg)
-    tracker.connect()
+    experiment_id = open_store(cfg.uri, cfg.experiment)
+    client = mlflow.MlflowClient()
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id is not None:
         try:
-            tracker.client.get_run(run_id)
+            client.get_run(run_id)
             return run_id
         except mlflow.exceptions.MlflowException:
             pass  # the study outlived its tracking store: start a new parent run
-    run = tracker.client.create_run(
-        mlflow.get_experiment_by_name(cfg.experiment).experiment_id,
+    run = client.create_run(
+        experiment_id,
         run_name=f"study-{sweep.study_name}",
         tags={"optuna.study_name": sweep.study_name, "sweep.kind": study.user_attrs["kind"],
               "git_commit": git_commit()},
     )
     params = {"sampler": sweep.sampler, "pruner": sweep.pruner, "metric": sweep.metric,
               "direction": sweep.direction, "n_trials": sweep.n_trials,
-              "overrides": " ".join(sweep.overrides)}
+              "overrides": redact(" ".join(sweep.overrides))}
     params |= {f"space.{key}": expression for key, expression in sweep.space.items()}
     params |= {f"variant.{name}": " ".join(o) for name, o in sweep.variants.items()}
     for key, value in params.items():
-        tracker.client.log_param(run.info.run_id, key, value)
-    tracker.client.set_terminated(run.info.run_id)
+        client.log_param(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
     return run.info.run_id

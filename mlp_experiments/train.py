@@ -10,6 +10,9 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,6 +28,7 @@ from mlp_experiments.config import (
     register_configs,
     validate,
 )
+from mlp_experiments.redact import redact
 
 log = logging.getLogger("mlp_experiments")
 register_configs()
@@ -42,35 +46,90 @@ def _hydra_context() -> tuple[str, dict[str, str]]:
     return " ".join(hydra_cfg.overrides.task), choices
 
 
-def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str | None = None):
-    """Train the configured model; return the engine's FitResult (history and outcome).
+def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None = None):
+    """Train the configured model and record it; return the engine's FitResult.
 
     `hooks` are called after each epoch (after it is recorded) and may raise
-    `engine.StopTraining`; `parent_run_id` nests the MLflow run under a sweep's parent run."""
+    `engine.StopTraining`. `run_id` is an MLflow run to record into (a sweep trial's, made
+    beforehand); otherwise a resumed run continues its own MLflow run, a new one starts one."""
     validate(cfg)
-    from hydra.utils import instantiate
+    from mlp_experiments import data, engine
 
-    from mlp_experiments import data, engine, losses, models, optim
-    from mlp_experiments.progress import Progress
-
-    tracker = None
-    if cfg.tracking.enabled:
-        from mlp_experiments import tracking
-
-        tracker = tracking.MlflowTracker(cfg.tracking)
-        tracker.connect()
-    engine.seed_everything(cfg.trainer.seed)
-    device = engine.pick_device(cfg.trainer.device)
+    tracker = open_tracker(cfg.tracking)  # an unusable store fails here, in seconds
     dataset = data.load_dataset(cfg.data)
     run_hash = config_hash(cfg, dataset.digest)
     checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, run_hash)
-    state = None
-    if cfg.trainer.resume:
-        if checkpoint.exists():
-            state = engine.load_checkpoint(checkpoint)
-            log.info("resuming from %s after epoch %d", checkpoint, len(state["history"]))
-        else:
-            log.info("no checkpoint at %s: starting from epoch 1", checkpoint)
+    with engine.claim(checkpoint):
+        state = engine.load_checkpoint(checkpoint) if resuming(cfg, checkpoint) else None
+        if state is not None and "outcome" in state["extra"]:
+            log.info("this configuration already ended (%s after %d epochs, checkpoint %s): "
+                     "nothing to do. Drop trainer.resume=true to train it again.",
+                     state["extra"]["outcome"], len(state["history"]), checkpoint)
+            return engine.FitResult(list(state["history"]), state["extra"]["outcome"])
+        run_id = run_id or (state["extra"].get("run_id") if state else None)
+        device = engine.pick_device(cfg.trainer.device)
+        tags = run_tags(cfg, dataset, run_hash, device, state)
+        with tracker.recording(cfg, tags, run_id, dataset) if tracker else nullcontext():
+            engine.seed_everything(cfg.trainer.seed)  # after MLflow drew the run's random name
+            setup = build(cfg, dataset, device)
+            watchers = (tracker.log_epoch,) if tracker else ()
+            extra = {"run_id": tracker.run_id} if tracker else {}
+            result = fit(cfg, setup, checkpoint, state, (*watchers, *hooks), extra)
+            if tracker:
+                record_results(tracker, cfg, setup, dataset, result)
+        engine.mark_finished(checkpoint, result.outcome)
+    log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history), checkpoint)
+    if tracker:
+        log.info("MLflow run %s in %s", tracker.run_id, redact(cfg.tracking.uri))
+    return result
+
+
+def open_tracker(tracking_cfg: DictConfig):
+    if not tracking_cfg.enabled:
+        return None
+    from mlp_experiments import tracking
+
+    return tracking.MlflowTracker(tracking_cfg)
+
+
+def resuming(cfg: DictConfig, checkpoint) -> bool:
+    if cfg.trainer.resume and not checkpoint.exists():
+        log.info("no checkpoint at %s: starting from epoch 1", checkpoint)
+    return cfg.trainer.resume and checkpoint.exists()
+
+
+def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None) -> dict:
+    from mlp_experiments import tracking
+
+    overrides, choices = _hydra_context()
+    tags = {
+        "git_commit": tracking.git_commit(),
+        "overrides": redact(overrides),
+        "device": str(device),
+        "config_hash": run_hash,
+        "data_digest": dataset.digest,
+        **{f"variant.{group}": choice for group, choice in choices.items()},
+    }
+    if state is not None:
+        tags["resumed_after_epoch"] = str(len(state["history"]))
+    return tags
+
+
+@dataclass
+class Setup:
+    """What one training run is made of."""
+
+    model: Any
+    objective: Any
+    optimizer: Any
+    scheduler: Any
+    batches: dict
+
+
+def build(cfg: DictConfig, dataset, device) -> Setup:
+    from hydra.utils import instantiate
+
+    from mlp_experiments import data, engine, losses, optim
 
     model = instantiate(cfg.model, in_features=dataset.in_features,
                         num_outputs=num_outputs(cfg, dataset)).to(device)
@@ -85,64 +144,52 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), parent_run_id: str 
         instantiate(cfg.loss), losses.Scoring(regression=dataset.regression), penalty
     )
     optimizer = optim.build_optimizer(cfg.optimizer, regularization, model)
-    scheduler = optim.build_scheduler(cfg.scheduler, optimizer)
     batches = {
         split: data.make_batches(dataset, split, cfg.trainer.batch_size, device,
                                  cfg.data.loader.value)
         for split in ("train", "val", "test")
     }
-    progress = Progress(cfg.trainer.epochs)
-    epoch_hooks = [progress.on_epoch]
-    run_id = None
-    if tracker:
-        overrides, choices = _hydra_context()
-        tags = {
-            "git_commit": tracking.git_commit(),
-            "overrides": overrides,
-            "device": str(device),
-            "config_hash": run_hash,
-            "data_digest": dataset.digest,
-            **{f"variant.{group}": choice for group, choice in choices.items()},
-        }
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        resume_run_id = state["extra"].get("run_id") if state else None
-        run_id = tracker.start(cfg, tags, resume_run_id, dataset)
-        epoch_hooks.insert(0, tracker.log_epoch)
-    epoch_hooks += hooks  # after the record: a hook that stops training loses no epoch
+    return Setup(model, objective, optimizer, optim.build_scheduler(cfg.scheduler, optimizer),
+                 batches)
 
-    trained = torch_compile(model) if cfg.trainer.compile else model
+
+def fit(cfg: DictConfig, setup: Setup, checkpoint, state: dict | None, hooks: tuple,
+        checkpoint_extra: dict):
+    """The engine's loop with the progress display, the watchers and the caller's hooks."""
+    from mlp_experiments import engine
+    from mlp_experiments.progress import Progress
+
+    progress = Progress(cfg.trainer.epochs)
+    epoch_hooks = (progress.on_epoch, *hooks)
     settings = engine.FitSettings(
         epochs=cfg.trainer.epochs,
         seed=cfg.trainer.seed,
         patience=cfg.trainer.patience,
         precision=cfg.trainer.precision.value,
         checkpoint=checkpoint,
-        checkpoint_extra={"run_id": run_id} if run_id else {},
+        checkpoint_extra=checkpoint_extra,
     )
+    trained = torch_compile(setup.model) if cfg.trainer.compile else setup.model
     try:
-        result = engine.fit(
-            trained, objective, optimizer, scheduler, batches, settings,
+        return engine.fit(
+            trained, setup.objective, setup.optimizer, setup.scheduler, setup.batches, settings,
             on_epoch=lambda epoch, metrics: [hook(epoch, metrics) for hook in epoch_hooks],
-            wrap_batches=progress.wrap_batches, state=state, raw_model=model,
+            wrap_batches=progress.wrap_batches, state=state, raw_model=setup.model,
         )
     except KeyboardInterrupt:
-        if tracker:
-            tracker.abort("interrupted")
         log.warning("interrupted: resume with trainer.resume=true (checkpoint %s)", checkpoint)
         raise
-    except BaseException:
-        if tracker:
-            tracker.abort("crashed")
-        raise
-    log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history), checkpoint)
-    if tracker:
-        predictions = None if dataset.regression else engine.predict(model, batches["test"])
-        tracker.log_results(model, result.history, dataset, predictions,
-                            models.parameter_table(model), model_output(cfg, dataset))
-        tracker.finish(result.outcome)
-        log.info("MLflow run %s in %s", run_id, cfg.tracking.uri)
-    return result
+
+
+def record_results(tracker, cfg: DictConfig, setup: Setup, dataset, result) -> None:
+    """Plots, parameter table and model in the run, then its status: FINISHED or not."""
+    from mlp_experiments import engine, models
+
+    predictions = None if dataset.regression else engine.predict(setup.model,
+                                                                 setup.batches["test"])
+    tracker.log_results(setup.model, result.history, dataset, predictions,
+                        models.parameter_table(setup.model), model_output(cfg, dataset))
+    tracker.finish(result.outcome)
 
 
 def num_outputs(cfg: DictConfig, dataset) -> int:

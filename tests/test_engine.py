@@ -92,7 +92,8 @@ def test_checkpoint_is_written_atomically_and_loads_with_weights_only(tmp_path):
     model = MLP(784, 10, hidden_sizes=[8])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "ck" / "last.pt"
-    engine.save_checkpoint(path, model, optimizer, None, [{"val_acc": 0.5}], {"run_id": "abc"})
+    state = engine.training_state(model, optimizer, None, [{"val_acc": 0.5}], {"run_id": "abc"})
+    engine.save_checkpoint(path, state)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
     state = engine.load_checkpoint(path)
     assert state["extra"] == {"run_id": "abc"} and state["history"] == [{"val_acc": 0.5}]

@@ -1,0 +1,305 @@
+"""Faults done for real: processes killed, interrupted and raced, a tracking server stopped and
+restarted mid-run. Each test then reads the MLflow and Optuna records back: every epoch is
+there, every run has its true status, nothing is left RUNNING."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import free_port
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+# An epoch that lasts long enough (a few tenths of a second) to be hit in the middle.
+SLOW = ["data=synthetic", "data.train_size=10000", "model.hidden_sizes=[256,256]",
+        "trainer.device=cpu", "tracking.log_model=false", "optimizer.lr=0.05"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+pytestmark = pytest.mark.faults
+
+
+def train_command(folder: Path, uri: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "mlp_experiments.train", *SLOW, f"tracking.uri={uri}",
+            f"trainer.checkpoint_dir={folder / 'checkpoints'}", *overrides]
+
+
+def start(command: list[str], folder: Path, log: str, env=ENV) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=open(folder / log, "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]:
+    code = process.wait(timeout=300)
+    return code, (folder / log).read_text()
+
+
+def runs(uri: str, experiment: str = "mlp-experiments") -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def steps(uri: str, run_id: str, metric: str = "val_acc") -> list[int]:
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
+
+
+def wait_for(condition, timeout: float = 240, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting for the fault's moment")
+
+
+def logged_epochs(uri: str, count: int):
+    """The run, once MLflow holds `count` epochs of it."""
+    def ready():
+        found = runs(uri)
+        return found[0] if found and len(steps(uri, found[0].info.run_id)) >= count else None
+    return wait_for(ready)
+
+
+def test_sigkill_mid_run_then_resume_records_every_epoch_in_the_same_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_command(tmp_path, uri, "trainer.epochs=6")
+    process = start(command, tmp_path, "first.log")
+    run = logged_epochs(uri, 2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert MlflowClient(uri).get_run(run.info.run_id).info.status == "RUNNING"  # no chance to say
+
+    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
+                       tmp_path, "resume.log")
+    assert code == 0, log
+    (again,) = runs(uri)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert int(again.data.tags["resumed_after_epoch"]) >= 2
+
+
+def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_command(tmp_path, uri, "trainer.epochs=2", "data.train_size=2000")
+    code, log = finish(start(command, tmp_path, "first.log"), tmp_path, "first.log")
+    assert code == 0, log
+    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "again.log"),
+                       tmp_path, "again.log")
+    assert code == 0 and "already ended (completed after 2 epochs" in log
+    (run,) = runs(uri)  # no second run, no extra epoch
+    assert steps(uri, run.info.run_id) == [1, 2] and run.info.status == "FINISHED"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on loopback with a SQLite backend; `.stop()` and `.start()` it again on
+    the same port and store."""
+
+    class Server:
+        port = free_port()
+        uri = f"http://127.0.0.1:{port}"
+        process = None
+
+        def start(self):
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                 "--artifacts-destination", str(tmp_path / "artifacts")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            wait_for(self.healthy, timeout=120, every=0.5)
+
+        def healthy(self) -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        def stop(self):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            wait_for(lambda: not self.healthy(), timeout=30)
+
+    server = Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_tracking_server_outage_stops_the_run_and_resume_logs_every_epoch(
+    tmp_path, mlflow_server
+):
+    uri = mlflow_server.uri
+    command = train_command(tmp_path, uri, "trainer.epochs=6")
+    quick_retries = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}  # the budget, made short
+    process = start(command, tmp_path, "outage.log", env=quick_retries)
+    run = logged_epochs(uri, 2)
+    mlflow_server.stop()
+    code, log = finish(process, tmp_path, "outage.log")
+    assert code != 0
+    assert "Traceback" not in log
+    (message,) = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert "trainer.resume=true" in message and "MLflow stopped taking the records" in message
+
+    mlflow_server.start()
+    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
+                       tmp_path, "resume.log")
+    assert code == 0, log
+    client = MlflowClient(uri)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # the epochs of the outage too
+
+
+def test_two_identical_runs_at_once_one_trains_the_other_refuses(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: both race to create it
+    command = train_command(tmp_path, uri, "trainer.epochs=4", "data.train_size=5000")
+    first, second = (start(command, tmp_path, f"{name}.log") for name in ("a", "b"))
+    results = [finish(first, tmp_path, "a.log"), finish(second, tmp_path, "b.log")]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    refused = next(log for code, log in results if code)
+    assert "Another process" in refused and "is training this exact configuration" in refused
+    assert "Traceback" not in refused
+    finished = [r for r in runs(uri) if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and steps(uri, finished[0].info.run_id) == [1, 2, 3, 4]
+    assert not list((tmp_path / "checkpoints").rglob("*.tmp"))
+
+
+def test_two_fresh_processes_create_one_sqlite_store_at_the_same_moment(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = [start(train_command(tmp_path, uri, "trainer.epochs=1", "data.train_size=2000",
+                                     f"trainer.seed={seed}"), tmp_path, f"{seed}.log")
+                 for seed in (0, 1)]
+    results = [finish(process, tmp_path, f"{seed}.log") for seed, process in enumerate(processes)]
+    assert [code for code, _ in results] == [0, 0], results
+    finished = runs(uri)
+    assert sorted(r.info.status for r in finished) == ["FINISHED", "FINISHED"]
+    assert len({r.info.run_name for r in finished}) == 2  # seed 0 and 1 get their own names
+
+
+def test_a_crash_after_training_leaves_the_run_failed_not_finished(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_command(tmp_path, uri, "trainer.epochs=3", "tracking.log_model=false")
+    process = start(command, tmp_path, "crash.log")
+    run = logged_epochs(uri, 1)
+    # The plots go to artifacts/plots/: a file in that place makes logging them fail for real.
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "plots").write_text("in the way")
+    code, log = finish(process, tmp_path, "crash.log")
+    assert code != 0
+    crashed = MlflowClient(uri).get_run(run.info.run_id)
+    assert crashed.info.status == "FAILED" and crashed.data.tags["outcome"] == "crashed"
+    assert steps(uri, run.info.run_id) == [1, 2, 3]  # what it recorded stays
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+def sweep_command(tmp_path: Path, uri: str, name: str, *extra: str) -> list[str]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+study_name: {name}
+overrides: [trainer.epochs=5]
+space:
+  optimizer.lr: tag(log, interval(0.01, 0.1))
+sampler: random
+pruner: none
+n_trials: 3
+""")
+    return [sys.executable, "-m", "mlp_experiments.sweep", f"sweep={path}", *SLOW,
+            f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}",
+            f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}", *extra]
+
+
+def running_trial(tmp_path: Path, name: str, epochs: int):
+    """A trial RUNNING with `epochs` epochs reported, once there is one."""
+    def ready():
+        try:
+            study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        except KeyError:
+            return None
+        return next((t for t in study.get_trials(states=(TrialState.RUNNING,))
+                     if len(t.intermediate_values) >= epochs), None)
+    return wait_for(ready)
+
+
+def child_runs(uri: str, name: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mlp-experiments")
+    (parent,) = client.search_runs([experiment.experiment_id],
+                                   f"tags.`optuna.study_name` = '{name}'")
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def test_a_killed_sweep_worker_is_closed_retried_from_its_checkpoint_and_summarised(tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "lost_worker"
+    command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2")
+    sweep = start(command, tmp_path, "sweep.log")
+    victim = running_trial(tmp_path, name, 2)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    code, log = finish(sweep, tmp_path, "sweep.log")
+    assert code == 0, log  # the budget was met: the command summarises and succeeds
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3  # exactly n_trials, the lost one among them
+    (retry,) = [t for t in complete if t.user_attrs.get("resumes") == victim.number]
+    assert retry.params == victim.params
+    client = MlflowClient(uri)
+    lost = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "worker_lost"
+    retried = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert int(retried.data.tags["resumed_after_epoch"]) >= 2  # not from epoch 1
+    assert steps(uri, retried.info.run_id) == [1, 2, 3, 4, 5]  # and its record is whole
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
+    assert "report" in {a.path for a in client.list_artifacts(study.user_attrs[
+        "mlflow_parent_run_id"])}
+
+
+def test_sigint_to_a_sweep_records_the_interruption_and_the_next_command_resumes(tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "interrupted"
+    command = sweep_command(tmp_path, uri, name)
+    sweep = start(command, tmp_path, "first.log")
+    victim = running_trial(tmp_path, name, 2)
+    sweep.send_signal(signal.SIGINT)
+    code, log = finish(sweep, tmp_path, "first.log")
+    assert code == 130 and "run the same command again to resume" in log
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trial = optuna.load_study(study_name=name, storage=storage).trials[victim.number]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["outcome"] == "interrupted"
+    killed = MlflowClient(uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["outcome"] == "interrupted"
+
+    code, log = finish(start(command, tmp_path, "again.log"), tmp_path, "again.log")
+    assert code == 0, log
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    (resumed,) = [t for t in complete if t.user_attrs.get("resumes") == victim.number]
+    run = MlflowClient(uri).get_run(resumed.user_attrs["mlflow_run_id"])
+    assert int(run.data.tags["resumed_after_epoch"]) >= 2
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5]
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
+
+
+def test_sweep_timeout_stops_the_running_trial_at_its_next_epoch(tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "timed"
+    command = sweep_command(tmp_path, uri, name, "trainer.epochs=200", "sweep.timeout=8")
+    code, log = finish(start(command, tmp_path, "sweep.log"), tmp_path, "sweep.log")
+    assert code == 0, log
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (trial,) = study.trials  # 200 epochs do not fit in 8 s: the first trial is cut
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["outcome"] == "timeout"
+    assert 1 <= len(trial.user_attrs["history"]) < 200
+    run = MlflowClient(uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "timeout"
