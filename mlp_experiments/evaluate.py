@@ -1,18 +1,23 @@
 """`python -m mlp_experiments.evaluate run_id=<id> [tracking.uri=...] [out=evaluation]`
 
-Reloads a run's logged MLflow model through `mlflow.pyfunc`, predicts the test set the run was
-trained against (rebuilt from the run's `config.yaml`), checks the accuracy against the one the
-run logged, and writes a confusion matrix and a per-class accuracy table to `out/<run_id>/`.
+Rebuilds a run's network from its `config.yaml`, loads the weights the run logged
+(`model_state/state_dict.pt`, with torch's weights-only loader: nothing the tracking store
+serves is unpickled), predicts the test set the run was trained against in the run's batch
+size, checks the accuracy against the one the run logged, and writes a confusion matrix and a
+per-class accuracy table to `out/<run_id>/`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mlp_experiments.config import (
     SCHEMAS,
@@ -20,10 +25,16 @@ from mlp_experiments.config import (
     TrackingConfig,
     UserError,
     register_configs,
+    validate,
 )
 
 DATA_SCHEMAS = {DatasetName.fashion_mnist: "idx", DatasetName.mnist: "idx",
                 DatasetName.synthetic: "synthetic", DatasetName.regression: "regression"}
+# A config.yaml from a tracking store is input: only our own model classes are built from it.
+MODEL_SCHEMAS = {schema._target_: schema for schema in SCHEMAS["model"].values()}
+STATE_DICT = "model_state/state_dict.pt"
+RETRAIN = ("Train the configuration again with tracking.log_model=true, or evaluate a run from a "
+           "store you trust.")
 
 
 def parse_arguments(arguments: list[str]) -> dict[str, str]:
@@ -37,52 +48,118 @@ def parse_arguments(arguments: list[str]) -> dict[str, str]:
     return values
 
 
-def run_config(client, run_id: str) -> DictConfig:
-    """The run's resolved config, its data section typed again (enums, defaults)."""
+def check_store(uri: str) -> None:
+    """The store must exist: opening a missing SQLite file would create an empty one (and then
+    report that the run is not there), a missing server would be retried for minutes."""
+    from mlp_experiments.tracking import check_server
+
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(
+            f"No MLflow store at {uri}: pass the store the run was recorded in, "
+            f"tracking.uri=<uri> (or set MLFLOW_TRACKING_URI)."
+        )
+
+
+def typed(node: DictConfig, schema, what: str) -> DictConfig:
+    """`node` checked against its schema again: the schema's keys and types, its enums."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as error:
+        raise UserError(f"The run's {what} config does not fit its schema: {error}") from None
+
+
+def run_config(client, run_id: str, folder: str) -> DictConfig:
+    """The run's resolved config with its data and model sections typed again, validated as
+    `train` validates its own."""
     import mlflow
 
     try:
-        run = client.get_run(run_id)
+        client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise UserError(
             f"No MLflow run {run_id} in {client.tracking_uri}: check the id (the MLflow UI "
             f"shows it on the run page) and tracking.uri."
         ) from None
-    cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml"))
-    schema = SCHEMAS["data"][DATA_SCHEMAS[DatasetName(cfg.data.name)]]
-    cfg.data = OmegaConf.merge(OmegaConf.structured(schema), cfg.data)
+    try:
+        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+    except mlflow.exceptions.MlflowException:
+        raise UserError(
+            f"Run {run_id} has no config.yaml: it was not recorded by mlp_experiments.train."
+        ) from None
+    cfg.data = typed(cfg.data, SCHEMAS["data"][DATA_SCHEMAS[DatasetName(cfg.data.name)]], "data")
+    target = cfg.model.get("_target_")
+    if target not in MODEL_SCHEMAS:
+        raise UserError(
+            f"The run's model._target_ {target!r} is not one of our models "
+            f"({', '.join(MODEL_SCHEMAS)}): its config.yaml was not written by train."
+        )
+    cfg.model = typed(cfg.model, MODEL_SCHEMAS[target], "model")
+    validate(cfg)
     return cfg
 
 
-def load_served_model(run_id: str):
+def build_network(cfg: DictConfig, dataset):
+    """The run's network, untrained, built as `train` builds it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from mlp_experiments.train import num_outputs
+
+    try:  # not recursive: a nested `_target_` in a store's config.yaml is never built
+        return instantiate(cfg.model, in_features=dataset.in_features,
+                           num_outputs=num_outputs(cfg, dataset), _recursive_=False)
+    except InstantiationException as error:
+        raise UserError(f"The run's model cannot be built: {error.__cause__ or error}") from None
+
+
+def load_weights(network, client, run_id: str, folder: str) -> None:
+    """The run's logged state dict, read by torch's weights-only loader (tensors and plain
+    containers, no other object is ever constructed)."""
     import mlflow
+    import torch
 
     try:
-        return mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        path = client.download_artifacts(run_id, STATE_DICT, folder)
     except (mlflow.exceptions.MlflowException, OSError):
         raise UserError(
-            f"Run {run_id} has no logged model (it was trained with tracking.log_model=false, "
-            f"or it did not finish): train again with tracking.log_model=true."
+            f"Run {run_id} has no {STATE_DICT} (it was trained with tracking.log_model=false, "
+            f"or it did not finish). {RETRAIN}"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file or a payload raises any of several types
+        raise UserError(
+            f"Run {run_id}'s {STATE_DICT} is damaged or holds more than tensors "
+            f"({type(error).__name__}); torch's weights-only loader refused it. {RETRAIN}"
+        ) from None
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise UserError(
+            f"Run {run_id}'s {STATE_DICT} does not fit the network its config.yaml describes "
+            f"({error}). {RETRAIN}"
         ) from None
 
 
-def predict(model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's outputs for every input, in the run's batch size (so the arithmetic, and so
-    the accuracy, is the run's own on CPU)."""
-    import mlflow
+def predict_test_set(network, dataset, cfg: DictConfig) -> np.ndarray:
+    """Predicted class of every test example, computed as the engine computed the run's
+    test_acc: the run's batching and batch size, its precision, its class rule."""
+    import torch
 
-    expected = model.metadata.get_input_schema().inputs[0].shape
-    if tuple(expected[1:]) != inputs.shape[1:]:
-        raise UserError(
-            f"The model takes inputs of shape {tuple(expected)}, the data gives "
-            f"{('-1', *inputs.shape[1:])}: evaluate it on the data it was trained for."
-        )
-    try:
-        outputs = [model.predict(inputs[i : i + batch_size])
-                   for i in range(0, len(inputs), batch_size)]
-    except mlflow.exceptions.MlflowException as error:
-        raise UserError(f"The model rejected the inputs: {error}") from None
-    return np.concatenate(outputs)
+    from mlp_experiments import data, engine
+
+    batches = data.make_batches(dataset, "test", cfg.trainer.batch_size, torch.device("cpu"),
+                                cfg.data.loader.value)
+    bf16 = cfg.trainer.precision == "bf16"
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        return engine.predict(network, batches)
+
+
+def same_accuracy(reloaded: float, logged: float, count: int) -> bool:
+    """Equal to within half an example: the logged metric went through float32."""
+    return abs(reloaded - logged) <= 0.5 / count
 
 
 def per_class_table(labels: np.ndarray, predictions: np.ndarray, classes) -> str:
@@ -93,35 +170,43 @@ def per_class_table(labels: np.ndarray, predictions: np.ndarray, classes) -> str
     return "\n".join(rows) + "\n"
 
 
-def evaluate(run_id: str, tracking_uri: str, out: Path) -> dict[str, float]:
-    """Accuracy of the reloaded model against the run's logged test accuracy."""
-    import mlflow
+def write_report(folder: Path, labels: np.ndarray, predictions: np.ndarray, classes) -> None:
+    from mlp_experiments import plots
 
-    from mlp_experiments import data, plots
-
-    client = mlflow.MlflowClient(tracking_uri)
-    cfg = run_config(client, run_id)
-    model = load_served_model(run_id)
-    dataset = data.load_dataset(cfg.data)
-    if dataset.regression:
-        raise UserError(f"Run {run_id} is a regression: there is no accuracy to reproduce.")
-    inputs, targets = dataset.test
-    outputs = predict(model, inputs.numpy().astype(np.float32), cfg.trainer.batch_size)
-    predictions, labels = outputs.argmax(axis=1), targets.numpy()
-    accuracy = float((predictions == labels).mean())
-    logged = client.get_run(run_id).data.metrics.get("test_acc", float("nan"))
-    folder = out / run_id
     folder.mkdir(parents=True, exist_ok=True)
-    figure = plots.confusion_matrix(labels, predictions, dataset.classes)
+    figure = plots.confusion_matrix(labels, predictions, classes)
     figure.savefig(folder / "confusion_matrix.png", dpi=120)
     plots.plt.close(figure)
-    (folder / "per_class_accuracy.md").write_text(
-        per_class_table(labels, predictions, dataset.classes)
-    )
-    return {"test_acc": accuracy, "logged_test_acc": logged}
+    (folder / "per_class_accuracy.md").write_text(per_class_table(labels, predictions, classes))
+
+
+def evaluate(run_id: str, tracking_uri: str, out: Path) -> dict[str, float]:
+    """Accuracy of the reloaded network against the run's logged test accuracy."""
+    import mlflow
+
+    from mlp_experiments import data
+
+    check_store(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = run_config(client, run_id, folder)
+        dataset = data.load_dataset(cfg.data)
+        if dataset.regression:
+            raise UserError(f"Run {run_id} is a regression: there is no accuracy to reproduce.")
+        network = build_network(cfg, dataset)
+        load_weights(network, client, run_id, folder)
+    predictions = predict_test_set(network, dataset, cfg)
+    labels = dataset.test[1].numpy()
+    write_report(out / run_id, labels, predictions, dataset.classes)
+    logged = client.get_run(run_id).data.metrics.get("test_acc", float("nan"))
+    return {"test_acc": float((predictions == labels).mean()), "logged_test_acc": logged,
+            "test_examples": len(labels)}
 
 
 def main(arguments: list[str] | None = None) -> None:
+    # A second guard: should anything in this process load an MLflow model, MLflow refuses
+    # the pickled ones.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     register_configs()
     try:
         values = parse_arguments(sys.argv[1:] if arguments is None else arguments)
@@ -131,9 +216,10 @@ def main(arguments: list[str] | None = None) -> None:
         result = evaluate(values["run_id"], uri, out)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
-    same = "the same as" if result["test_acc"] == result["logged_test_acc"] else "NOT the same as"
-    print(f"test accuracy of the reloaded model {result['test_acc']:.4f}, {same} the run's "
-          f"logged {result['logged_test_acc']:.4f}; confusion matrix and per-class accuracy in "
+    agree = same_accuracy(result["test_acc"], result["logged_test_acc"], result["test_examples"])
+    print(f"test accuracy of the reloaded model {result['test_acc']:.4f}, "
+          f"{'the same as' if agree else 'NOT the same as'} the run's logged "
+          f"{result['logged_test_acc']:.4f}; confusion matrix and per-class accuracy in "
           f"{out / values['run_id']}")
 
 

@@ -1,4 +1,5 @@
-"""Logged models that real clients load: pyfunc probabilities, evaluate, dataset inputs."""
+"""Logged models that real clients load: pyfunc probabilities, dataset inputs (evaluate:
+test_evaluate.py)."""
 
 import mlflow
 import numpy as np
@@ -7,8 +8,6 @@ import torch
 from conftest import write_tiny_release
 from mlflow import MlflowClient
 
-from mlp_experiments import evaluate
-from mlp_experiments.config import UserError
 from mlp_experiments.train import train
 
 
@@ -38,38 +37,6 @@ def test_pyfunc_predicts_class_probabilities_for_raw_images(logged_run, tracking
     schema = model.metadata.get_input_schema().inputs[0]
     assert tuple(schema.shape) == (-1, 28, 28)
     assert model.metadata.saved_input_example_info is not None  # the UI shows an example
-
-def test_evaluate_reproduces_the_logged_test_accuracy_exactly(logged_run, tracking_uri, tmp_path,
-                                                              capsys):
-    result, _, run = logged_run
-    evaluate.main([f"run_id={run.info.run_id}", f"tracking.uri={tracking_uri}",
-                   f"out={tmp_path}"])
-    printed = capsys.readouterr().out
-    assert "the same as the run's logged" in printed and "NOT" not in printed
-    folder = tmp_path / run.info.run_id
-    assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (folder / "per_class_accuracy.md").read_text()
-    assert table.count("\n") == 12 and "| class 0 |" in table
-    scores = evaluate.evaluate(run.info.run_id, tracking_uri, tmp_path)
-    assert scores["test_acc"] == result.history[-1]["test_acc"] == scores["logged_test_acc"]
-
-
-def test_evaluate_explains_an_unknown_run_and_a_run_without_model(synthetic_cfg, tracking_uri,
-                                                                  request, tmp_path):
-    with pytest.raises(UserError, match="No MLflow run 0123abc"):
-        evaluate.evaluate("0123abc", tracking_uri, tmp_path)
-    train(synthetic_cfg())  # the fixture turns log_model off
-    _, run = only_run(tracking_uri, request.node.name)
-    with pytest.raises(UserError, match="has no logged model"):
-        evaluate.evaluate(run.info.run_id, tracking_uri, tmp_path)
-
-
-def test_evaluate_refuses_data_of_another_shape(logged_run, tracking_uri):
-    _, _, run = logged_run
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    with pytest.raises(UserError, match=r"takes inputs of shape \(-1, 28, 28\)"):
-        evaluate.predict(model, np.zeros((4, 10), dtype=np.float32), batch_size=2)
 
 
 def test_each_split_is_logged_as_a_dataset_input(logged_run):
