@@ -132,7 +132,8 @@ class MlflowTracker:
             raise
 
     def start(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None, dataset) -> None:
-        run = mlflow.start_run(run_id=run_id, run_name=self.cfg.run_name, tags=tags,
+        run_name = redact(self.cfg.run_name) if self.cfg.run_name else None
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags,
                                log_system_metrics=self.cfg.system_metrics)
         self.run_id = run.info.run_id
         if run.data.params:
