@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -87,9 +89,25 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None 
 def open_tracker(tracking_cfg: DictConfig):
     if not tracking_cfg.enabled:
         return None
+    check_local_store(tracking_cfg.uri)
     from mlp_experiments import tracking
 
     return tracking.MlflowTracker(tracking_cfg)
+
+
+def check_local_store(uri: str) -> None:
+    """A SQLite store where nothing can be written fails now, before MLflow and torch load
+    (MLflow itself retries such writes for minutes)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    target = database if database.exists() else database.parent
+    if not os.access(target, os.W_OK):
+        raise UserError(
+            f"The MLflow store {uri} is read-only here ({target} cannot be written): point "
+            f"tracking.uri at a writable place, e.g. tracking.uri=sqlite:///mlflow.db, or "
+            f"record nothing with tracking=none."
+        )
 
 
 def resuming(cfg: DictConfig, checkpoint) -> bool:

@@ -303,3 +303,24 @@ def test_sweep_timeout_stops_the_running_trial_at_its_next_epoch(tmp_path):
     assert 1 <= len(trial.user_attrs["history"]) < 500
     run = MlflowClient(uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["outcome"] == "timeout"
+
+
+def read_only(folder: Path, command: list[str]) -> list[str]:
+    """`command` in a private mount namespace where `folder` is a read-only filesystem."""
+    script = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"')
+    return ["unshare", "-m", "sh", "-c", script, str(folder), *command]
+
+
+def test_a_read_only_tracking_store_fails_at_once_with_the_fix(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    probe = subprocess.run(read_only(store, ["touch", str(store / "probe")]),
+                           capture_output=True, text=True)
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"no private read-only mount here: {probe.stderr.strip()}")
+    command = read_only(store, train_command(tmp_path, uri, "trainer.epochs=1"))
+    code, log = finish(start(command, tmp_path, "ro.log"), tmp_path, "ro.log")
+    assert code != 0 and "Traceback" not in log
+    assert "is read-only here" in log and "tracking=none" in log
+    assert not list(tmp_path.rglob("last.pt"))  # it stopped before any training
