@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import tempfile
 import time
@@ -133,6 +134,10 @@ class MlflowTracker:
 
     def start(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None, dataset) -> None:
         run_name = redact(self.cfg.run_name) if self.cfg.run_name else None
+        # MLflow draws a new run's name from `random`, which an earlier run in this process
+        # seeded: reseed it from the OS, or runs with one seed would share a name. (Training
+        # seeds it again after this.)
+        random.seed()
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags,
                                log_system_metrics=self.cfg.system_metrics)
         self.run_id = run.info.run_id

@@ -101,3 +101,10 @@ def test_multirun_gives_one_mlflow_run_per_job(workdir, tracking_uri):
     jobs = {(r.data.tags["variant.optimizer"], r.data.params["trainer.seed"]) for r in runs}
     assert jobs == {("sgd", "0"), ("sgd", "1"), ("adam", "0"), ("adam", "1")}
     assert all(r.data.tags["overrides"] for r in runs)
+
+
+def test_runs_with_the_same_seed_get_distinct_names(synthetic_cfg, tracking_uri, request):
+    for lr in (0.1, 0.2, 0.3):  # one process, seed 0 each time, as in a Hydra multirun
+        train(synthetic_cfg(f"optimizer.lr={lr}", "trainer.seed=0"))
+    _, runs = only_run(tracking_uri, request.node.name)
+    assert len({run.info.run_name for run in runs}) == 3
