@@ -11,17 +11,18 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-ALLOWED_TARGET_PREFIXES = ("torch.optim.", "torch.nn.", "mlp_experiments.")
 
 
 class UserError(Exception):
@@ -132,7 +133,9 @@ class MLPConfig:
     _target_: str = "mlp_experiments.models.MLP"
     hidden_sizes: list[int] = field(default_factory=lambda: [256])
     activation: Activation = Activation.relu
-    dropout: Any = 0.0  # one rate for every hidden layer, or a list with one rate per layer
+    # One rate for every hidden layer, or a list with one rate per layer. OmegaConf has no
+    # Union type: check_values refuses anything but a float or a list of floats.
+    dropout: Any = 0.0
     dropout_impl: DropoutImpl = DropoutImpl.nn
     init: Init = Init.default
     init_std: float = 0.01
@@ -154,6 +157,15 @@ class ModelDemoConfig:
 @dataclass
 class CNNConfig:
     _target_: str = "mlp_experiments.models.CNN"
+
+
+@dataclass
+class OptimizerConfig:
+    """An allowed torch optimizer without a schema of its own: its learning rate only."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
 
 
 @dataclass
@@ -203,6 +215,14 @@ class AdamConfig:
 @dataclass
 class NoSchedulerConfig:
     pass
+
+
+@dataclass
+class SchedulerConfig:
+    """An allowed torch scheduler without a schema of its own: its defaults only."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
 
 
 @dataclass
@@ -308,9 +328,11 @@ SCHEMAS = {
         "adagrad": AdagradConfig,
         "rmsprop": RMSpropConfig,
         "adam": AdamConfig,
+        "any": OptimizerConfig,
     },
     "scheduler": {
         "none": NoSchedulerConfig,
+        "any": SchedulerConfig,
         "step": StepLRConfig,
         "multistep": MultiStepLRConfig,
         "exponential": ExponentialLRConfig,
@@ -318,6 +340,32 @@ SCHEMAS = {
     },
     "loss": {"loss": LossConfig, "smooth_l1": SmoothL1Config},
 }
+# The schema a group node is checked against once its `_target_` is known (policy.check_config);
+# an allowed class missing here is checked against its group's generic schema.
+TARGET_SCHEMAS = {
+    "mlp_experiments.models.MLP": MLPConfig,
+    "mlp_experiments.models.ScratchMLP": ScratchMLPConfig,
+    "mlp_experiments.models.ModelDemo": ModelDemoConfig,
+    "mlp_experiments.models.CNN": CNNConfig,
+    "mlp_experiments.optim.ScratchSGD": ScratchSGDConfig,
+    "torch.optim.SGD": SGDConfig,
+    "torch.optim.Adagrad": AdagradConfig,
+    "torch.optim.RMSprop": RMSpropConfig,
+    "torch.optim.Adam": AdamConfig,
+    "torch.optim.AdamW": AdamConfig,
+    "torch.optim.lr_scheduler.StepLR": StepLRConfig,
+    "torch.optim.lr_scheduler.MultiStepLR": MultiStepLRConfig,
+    "torch.optim.lr_scheduler.ExponentialLR": ExponentialLRConfig,
+    "torch.optim.lr_scheduler.CosineAnnealingLR": CosineLRConfig,
+    "torch.nn.SmoothL1Loss": SmoothL1Config,
+}
+ANY_TARGET_SCHEMAS = {"optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
+                      "loss": LossConfig}
+
+
+def data_schema(name: DatasetName) -> type:
+    """The generated datasets have their own schemas; FashionMNIST and MNIST share the IDX one."""
+    return SCHEMAS["data"].get(str(name), IdxDataConfig)
 
 
 def register_configs() -> None:
@@ -326,22 +374,6 @@ def register_configs() -> None:
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=schema)
-
-
-def check_targets(cfg: Any, path: str = "") -> None:
-    """A config is data, not code: `_target_` may only name our own or torch's classes."""
-    if isinstance(cfg, DictConfig):
-        target = cfg.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-            raise UserError(
-                f"{path}._target_ = {target!r} is not allowed: a config may only build classes "
-                f"under {', '.join(p.rstrip('.') for p in ALLOWED_TARGET_PREFIXES)}."
-            )
-        for key, value in cfg.items():
-            check_targets(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(cfg, ListConfig):
-        for index, value in enumerate(cfg):
-            check_targets(value, f"{path}[{index}]")
 
 
 @dataclass(frozen=True)
@@ -381,6 +413,15 @@ def _has_images(data: DictConfig) -> bool:
     return data.name != DatasetName.regression and data.get("features") is None
 
 
+def model_shape(cfg: DictConfig) -> tuple[int, int]:
+    """(in_features, num_outputs) the data will give the model: 28x28 pixels or `features`;
+    one output for regression and for a binary loss (a single logit), else one per class."""
+    task, num_classes = data_task(cfg.data)
+    kind = LOSS_KINDS.get(cfg.loss._target_)
+    single = task == "regression" or (kind is not None and kind.task == "binary")
+    return 28 * 28 if _has_images(cfg.data) else cfg.data.features, 1 if single else num_classes
+
+
 def check_compatibility(cfg: DictConfig) -> None:
     """Combinations that cannot train fail here, before any data is read."""
     task, num_classes = data_task(cfg.data)
@@ -415,8 +456,52 @@ def check_compatibility(cfg: DictConfig) -> None:
         )
 
 
+def check_values(cfg: DictConfig) -> None:
+    """Values that are of the right type but cannot train, each with one message."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"These keys need a value: {', '.join(missing)}.")
+    for key in ("trainer.epochs", "trainer.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value < 1:
+            raise UserError(f"{key}={value} must be at least 1.")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"optimizer.lr={lr} must be a finite number above 0 (e.g. 0.1).")
+    hidden_sizes = list(cfg.model.get("hidden_sizes") or [])
+    if any(size < 1 for size in hidden_sizes):
+        raise UserError(f"model.hidden_sizes={hidden_sizes}: every layer needs at least 1 unit.")
+    if "dropout" in cfg.model:
+        check_dropout(cfg.model.dropout, len(hidden_sizes))
+    task, num_classes = data_task(cfg.data)
+    if task == "classification" and num_classes < 2:
+        if cfg.data.name == DatasetName.synthetic:
+            problem, fix = f"data.num_classes={num_classes}", "data.num_classes=2"
+        else:
+            problem, fix = f"data.classes={list(cfg.data.classes)}", "data.classes=[0,6]"
+        raise UserError(f"{problem}: a classifier needs at least two classes, e.g. {fix}.")
+
+
+def check_dropout(dropout: Any, layers: int) -> None:
+    rates = list(dropout) if isinstance(dropout, ListConfig) else [dropout] * layers
+    if len(rates) != layers or not all(_is_rate(rate) for rate in rates):
+        shown = OmegaConf.to_container(dropout) if OmegaConf.is_config(dropout) else dropout
+        raise UserError(
+            f"model.dropout={shown!r} must be one rate in [0, 1) or a list of rates, one per "
+            f"hidden layer ({layers} here), e.g. model.dropout=0.2."
+        )
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+
+
 def validate(cfg: DictConfig) -> None:
-    check_targets(cfg)
+    """The one check every path runs on a composed training config (train() first of all)."""
+    from mlp_experiments import policy  # it builds on this module's schemas
+
+    policy.check_config(cfg)
+    check_values(cfg)
     check_compatibility(cfg)
 
 
@@ -473,31 +558,113 @@ def _with_causes(error: BaseException) -> str:
     return "\n".join(lines)
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The training config for these overrides, composed as `python -m mlp_experiments.train`
-    would (for tests, benchmarks and sweeps, which run trainings in-process)."""
-    from hydra import compose, initialize_config_dir
+@contextmanager
+def hydra_initialized(config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None):
+    """Hydra initialised on `config_dir` and, as `--config-dir` adds it, `extra_dir`."""
+    from hydra import initialize_config_dir
+    from hydra._internal.hydra import Hydra
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        if extra_dir is not None:
+            extra = Path(extra_dir).resolve()
+            if not extra.is_dir():
+                raise UserError(f"--config-dir {extra_dir}: no such folder.")
+            search_path = GlobalHydra.instance().hydra.config_loader.config_search_path
+            search_path.prepend(provider="command-line", path=f"file://{extra}",
+                                anchor=SearchPathQuery(provider="schema"))
+            GlobalHydra.instance().clear()
+            Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+        yield
 
 
-def check_overrides(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train",
+                   config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None,
+                   return_hydra_config: bool = False) -> DictConfig:
+    """The training config for these overrides, composed as `python -m mlp_experiments.train`
+    would (for tests, benchmarks and sweeps, which run trainings in-process); `config_name`,
+    `config_dir` and `extra_dir` are the command line's -cn, -cp and -cd."""
+    from hydra import compose
+
+    with hydra_initialized(config_dir, extra_dir):
+        return compose(config_name, overrides=list(overrides),
+                       return_hydra_config=return_hydra_config)
+
+
+def check_overrides(overrides: list[str], config_name: str = "train",
+                    config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None) -> DictConfig:
     """Compose the config once with the user's overrides and raise UserError on any mistake,
-    with the allowed keys spelled out. Costs a fraction of a second, saves a torch import."""
+    with the allowed keys spelled out, and on anything that is code rather than data. Returns
+    the job's config. Costs a fraction of a second, saves a torch import."""
+    return _checked(list(overrides), config_name, config_dir, extra_dir)[0]
+
+
+def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]:
+    """(job config, Hydra node), both checked; `where` is compose_config's."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    from mlp_experiments import policy  # it builds on this module's schemas
+
+    policy.check_hydra_overrides(overrides)
     try:
-        cfg = compose_config(job_overrides)
+        cfg = compose_config(overrides, *where, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
-        groups = [o for o in job_overrides if "=" in o and "." not in o.split("=")[0]]
+        groups = [o for o in overrides if "=" in o and "." not in o.split("=")[0]]
         try:
-            base = compose_config(groups)
+            base = compose_config(groups, *where)
         except (HydraException, OmegaConfBaseException):
             base = None
         raise UserError(explain_unknown_key(_with_causes(error), base)) from None
-    validate(cfg)
-    return cfg
+    hydra = cfg.hydra
+    policy.check_hydra_config(hydra)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        validate(cfg)
+    except OmegaConfBaseException as error:  # e.g. a --config-path primary config without a group
+        raise UserError(_with_causes(error)) from None
+    return cfg, hydra
+
+
+def check_command_line(overrides: list[str], config_name: str = "train",
+                       config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None) -> None:
+    """Every job a Hydra command line can start passes check_overrides: each value of each
+    sweep (`-m key=a,b`, and the sweeper's own `hydra.sweeper.params`) with the first value of
+    the others. Checking train()'s config is not enough: Hydra sets a job's logging and
+    environment from its Hydra node before train() runs."""
+    where = (config_name, config_dir, extra_dir)
+    first = one_value_each(overrides, config_dir, extra_dir)[0]
+    hydra = _checked(first, *where)[1]
+    params = [f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items()]
+    for job in one_value_each([*params, *overrides], config_dir, extra_dir):
+        if job != first:
+            _checked(job, *where)
+
+
+def one_value_each(overrides: list[str], config_dir: Path = CONF_DIR,
+                   extra_dir: str | Path | None = None) -> list[list[str]]:
+    """The overrides with the first value of every sweep, then, for each further value of each
+    sweep, the same with that value instead (Hydra's parser expands choices, ranges and globs
+    of group options)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    with hydra_initialized(config_dir, extra_dir):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            values = [
+                [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
+                if o.is_sweep_override() else [o.input_line]
+                for o in parser.parse_overrides(list(overrides))
+            ]
+        except HydraException as error:
+            raise UserError(str(error)) from None
+    first = [choices[0] for choices in values]
+    jobs = [first]
+    for index, choices in enumerate(values):
+        jobs += [[*first[:index], value, *first[index + 1:]] for value in choices[1:]]
+    return jobs

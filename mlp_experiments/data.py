@@ -188,6 +188,13 @@ def _read_release(name: str, files: dict[str, Path], verify: bool) -> tuple[dict
                 f"{files[image_file]} holds {len(images)} images but {files[label_file]} "
                 f"{len(labels)} labels. {_REFETCH}"
             )
+        if len(labels) and labels.max() >= len(source.classes):  # possible with verify=false
+            raise UserError(
+                f"{files[label_file]} holds the label {int(labels.max())}, but {name} has "
+                f"{len(source.classes)} classes (labels 0 to {len(source.classes) - 1}): it is "
+                f"not a {name} label file. Point data.root at the right files (data.verify=true "
+                f"checks them against the published release)."
+            )
         splits[split] = (images, labels)
     return splits, hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 

@@ -103,13 +103,13 @@ def run_config(client, run_id: str, folder: str) -> DictConfig:
 def build_network(cfg: DictConfig, dataset):
     """The run's network, untrained, built as `train` builds it."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
+    from mlp_experiments.policy import instantiate
     from mlp_experiments.train import num_outputs
 
-    try:  # not recursive: a nested `_target_` in a store's config.yaml is never built
+    try:
         return instantiate(cfg.model, in_features=dataset.in_features,
-                           num_outputs=num_outputs(cfg, dataset), _recursive_=False)
+                           num_outputs=num_outputs(cfg, dataset))
     except InstantiationException as error:
         raise UserError(f"The run's model cannot be built: {error.__cause__ or error}") from None
 

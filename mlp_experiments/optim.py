@@ -4,9 +4,9 @@ hand-written SGD."""
 from __future__ import annotations
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
+from mlp_experiments import policy
 from mlp_experiments.losses import is_penalized
 
 
@@ -49,11 +49,11 @@ def build_optimizer(optimizer_cfg, regularization_cfg, model: nn.Module) -> torc
     groups = parameter_groups(
         model, regularization_cfg.weight_decay, regularization_cfg.decay_biases
     )
-    return instantiate(optimizer_cfg)(groups)
+    return policy.instantiate(optimizer_cfg)(groups)
 
 
 def build_scheduler(scheduler_cfg, optimizer: torch.optim.Optimizer):
     """None for `scheduler=none` (an empty group option): the learning rate stays constant."""
     if "_target_" not in scheduler_cfg:
         return None
-    return instantiate(scheduler_cfg)(optimizer)
+    return policy.instantiate(scheduler_cfg)(optimizer)

@@ -9,9 +9,11 @@ have finished in total; `sweep.n_workers=K` runs K worker processes on the same 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,10 +29,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from mlp_experiments.config import (
     CONF_DIR,
     UserError,
+    check_overrides,
     compose_config,
     config_hash,
+    data_task,
+    model_shape,
     register_configs,
-    validate,
 )
 from mlp_experiments.locks import file_lock, once
 from mlp_experiments.redact import redact
@@ -45,6 +49,11 @@ FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverge
 # A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial silent for STALE_AFTER_S
 # (its worker was killed) is failed and queued again.
 HEARTBEAT_S, STALE_AFTER_S = 5, 20
+# A study's name names files and folders (docs/<study>/, conf/experiment/<study>_best.yaml).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("tpe", "random", "grid")
+STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
 
 
 @dataclass
@@ -97,7 +106,28 @@ def load_sweep(name: str, overrides: list[str]) -> DictConfig:
         raise UserError(f"Sweep '{name}': {error}") from None
     if not cfg.space and not cfg.variants:
         raise UserError(f"Sweep '{name}' has neither a space nor variants to try.")
+    check_settings(cfg)
     return cfg
+
+
+def check_settings(sweep: DictConfig) -> None:
+    """The sweep's own settings, each with one message (the training overrides are checked
+    with the trials, by check_space)."""
+    name = sweep.study_name
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"sweep.study_name={name!r}: it names files and folders (docs/<study>/, "
+            f"conf/experiment/<study>_best.yaml), so it may only hold letters, digits, '_', '.' "
+            f"and '-', start with a letter or digit and not contain '..'."
+        )
+    if sweep.n_workers < 1:
+        raise UserError(f"sweep.n_workers={sweep.n_workers} must be at least 1.")
+    if sweep.direction not in DIRECTIONS:
+        raise UserError(f"sweep.direction={sweep.direction}: choose {' or '.join(DIRECTIONS)}.")
+    if sweep.sampler not in SAMPLERS:
+        raise UserError(f"sweep.sampler={sweep.sampler}: choose one of {', '.join(SAMPLERS)}.")
+    make_pruner(sweep)
+    storage_url(sweep)
 
 
 # ---------------------------------------------------------------------------- search space
@@ -194,10 +224,12 @@ def trial_overrides(sweep: DictConfig, training: list[str], params: dict[str, An
 
 def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any]) -> None:
     """Before any trial: every searched key exists, log-scale keys are searched on a log scale,
-    and each value at the ends of its range composes into a valid training config."""
+    and each value at the ends of its range gives a valid training config (the same checks as
+    a command line's), that produces the sweep's metric and whose model, loss, optimizer and
+    scheduler can be built."""
     from optuna.distributions import CategoricalDistribution
 
-    base = compose_config([*sweep.overrides, *training])
+    base = check_overrides([*sweep.overrides, *training])
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     for key, distribution in distributions.items():
         if key not in groups and OmegaConf.select(base, key, default=MISSING) is MISSING:
@@ -213,11 +245,42 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
             )
     for params in corner_params(distributions, sweep.variants):
         try:
-            validate(compose_config(trial_overrides(sweep, training, params)))
-        except UserError:
-            raise
-        except Exception as error:
-            raise UserError(f"The trial {params} does not compose: {error}") from None
+            cfg = check_overrides(trial_overrides(sweep, training, params))
+            check_metric(sweep, cfg)
+            build_trial(cfg)
+        except UserError as error:
+            raise UserError(f"The trial {params}: {error}") from None
+
+
+def check_metric(sweep: DictConfig, cfg: DictConfig) -> None:
+    from mlp_experiments.losses import Scoring
+
+    regression = data_task(cfg.data)[0] == "regression"
+    scores = ("loss", *Scoring(regression=regression).names)
+    metrics = [f"{split}_{score}" for split in ("train", "val", "test") for score in scores]
+    metrics += ["lr", "epoch_time_s", "samples_per_s"]
+    if sweep.metric not in metrics:
+        raise UserError(
+            f"sweep.metric={sweep.metric} is not a metric of data={cfg.data.name}: choose one of "
+            f"{', '.join(metrics)}."
+        )
+
+
+def build_trial(cfg: DictConfig) -> None:
+    """Build the trial's model, loss, optimizer and scheduler on the data's shape (no data is
+    loaded), as train() builds them."""
+    from mlp_experiments import optim, policy
+
+    in_features, num_outputs = model_shape(cfg)
+    try:
+        model = policy.instantiate(cfg.model, in_features=in_features, num_outputs=num_outputs)
+        policy.instantiate(cfg.loss)
+        optim.build_scheduler(cfg.scheduler,
+                              optim.build_optimizer(cfg.optimizer, cfg.regularization, model))
+    except UserError:
+        raise
+    except Exception as error:  # torch's own argument checks: TypeError, ValueError, ...
+        raise UserError(f"it cannot be built: {' '.join(str(error).split())}") from None
 
 
 def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[str, Any]]:
@@ -242,17 +305,20 @@ def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[st
 def storage_url(sweep: DictConfig) -> str:
     """sweep.storage, else $OPTUNA_STORAGE (keeps a password off command lines), else a
     SQLite file in the working directory."""
-    return sweep.storage or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+    url = sweep.storage or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+    if not STORAGE_SCHEME.match(url):  # the scheme only: the rest may hold a password
+        raise UserError(
+            f"sweep.storage: the scheme '{url.partition(':')[0]}' is not an Optuna storage we "
+            f"use: sqlite:///<file>, postgresql[+driver]://... or mysql[+driver]://..."
+        )
+    return url
 
 
 def make_storage(url: str, tracking_uri: str | None = None):
-    """RDB storages (SQLite, PostgreSQL) get heartbeats: a killed worker's trial is failed,
-    its MLflow run (in `tracking_uri`) marked FAILED, and the trial queued again. Any other
-    Optuna storage URL is used as it is."""
+    """RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats: a killed worker's trial is
+    failed, its MLflow run (in `tracking_uri`) marked FAILED, and the trial queued again."""
     import optuna
 
-    if not url.startswith(("sqlite", "postgresql", "mysql")):
-        return url
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -315,7 +381,18 @@ def make_pruner(sweep: DictConfig):
         raise UserError(f"sweep.pruner={sweep.pruner}: choose one of {', '.join(pruners)}.")
     if sweep.pruner == "none":  # pruner_args belong to the pruner the sweep file names
         return pruners["none"]()
-    return pruners[sweep.pruner](**sweep.pruner_args)
+    pruner = pruners[sweep.pruner]
+    takes = list(inspect.signature(pruner).parameters)
+    unknown = sorted(set(sweep.pruner_args) - set(takes))
+    if unknown:
+        raise UserError(
+            f"sweep.pruner_args: {', '.join(unknown)} is not a parameter of the {sweep.pruner} "
+            f"pruner ({pruner.__name__}): it takes {', '.join(takes)}."
+        )
+    try:
+        return pruner(**sweep.pruner_args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"sweep.pruner_args: {error}") from None
 
 
 def open_study(sweep: DictConfig, distributions: dict[str, Any], tracking_uri: str | None = None):

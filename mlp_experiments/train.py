@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mlp_experiments.config import (
+    CONF_DIR,
     LOSS_KINDS,
     PROBABILITY_MODELS,
     UserError,
-    check_overrides,
+    check_command_line,
     config_hash,
     data_task,
     register_configs,
@@ -145,9 +145,8 @@ class Setup:
 
 
 def build(cfg: DictConfig, dataset, device) -> Setup:
-    from hydra.utils import instantiate
-
     from mlp_experiments import data, engine, losses, optim
+    from mlp_experiments.policy import instantiate
 
     model = instantiate(cfg.model, in_features=dataset.in_features,
                         num_outputs=num_outputs(cfg, dataset)).to(device)
@@ -245,13 +244,25 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    multirun = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
-    if not multirun:
-        overrides = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-        try:
-            check_overrides(overrides)
-        except UserError as error:
-            raise SystemExit(f"error: {error}") from None
+    """Hydra's own command line (`--cfg`, `--info`, `--help`, `-m`, `-cn`, `-cp`, `-cd`, shell
+    completion); every job it can start is checked before Hydra composes or runs anything."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args()
+    config_dir = CONF_DIR
+    if args.config_path is not None:  # Hydra's -cp: relative to this file, or absolute
+        config_dir = (Path(__file__).parent / args.config_path).resolve()
+    try:
+        if args.experimental_rerun:
+            raise UserError(
+                "--experimental-rerun loads a pickle file, which can run any code: a config is "
+                "data, not code. Run the job again with its overrides (.hydra/overrides.yaml)."
+            )
+        if not args.shell_completion:  # its arguments are completion queries, not overrides
+            check_command_line(args.overrides, config_name=args.config_name or "train",
+                               config_dir=config_dir, extra_dir=args.config_dir)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     main()
 
 

@@ -223,7 +223,8 @@ def running_trial(tmp_path: Path, name: str, epochs: int):
     """A trial RUNNING with `epochs` epochs reported, once there is one."""
     def ready():
         try:
-            study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+            storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+            study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             return None
         return next((t for t in study.get_trials(states=(TrialState.RUNNING,))

@@ -1,0 +1,309 @@
+"""A config is data, never code: which classes a config may build, where, and how.
+
+Hydra resolves a `_target_` by attribute lookup through any module a package file imports
+(`mlp_experiments.engine.os.system` is `os.system`) and builds nested `_target_` nodes on its
+own, so a string prefix is no check. Here:
+* each config group that builds an object (model, optimizer, scheduler, loss) has an exact
+  allow-list of classes, written as data so the check runs before torch is imported;
+* `_target_` and `_partial_` are allowed only at the root of those groups, no other key may
+  start with `_` (`_recursive_`, `_args_`, `_convert_`, ...), and every node holds only the keys
+  of its schema (`+model.extra=...` is refused);
+* `instantiate` builds one group's object from the very class the allow-list names, never
+  recursively;
+* the Hydra node is checked too, because Hydra builds its callbacks, launcher and sweeper,
+  configures logging (whose `()` factories and handler classes are code) and sets the
+  environment of the job from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mlp_experiments.config import (
+    ANY_TARGET_SCHEMAS,
+    TARGET_SCHEMAS,
+    NoSchedulerConfig,
+    RegularizationConfig,
+    TrackingConfig,
+    TrainerConfig,
+    UserError,
+    data_schema,
+)
+
+_TORCH_OPTIMIZERS = (
+    "ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon",
+    "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam",
+)
+_TORCH_SCHEDULERS = (
+    "ChainedScheduler", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
+    "CyclicLR", "ExponentialLR", "LambdaLR", "LinearLR", "MultiStepLR", "MultiplicativeLR",
+    "OneCycleLR", "PolynomialLR", "ReduceLROnPlateau", "SequentialLR", "StepLR",
+)
+_TORCH_LOSSES = (
+    "BCELoss", "BCEWithLogitsLoss", "CTCLoss", "CosineEmbeddingLoss", "CrossEntropyLoss",
+    "GaussianNLLLoss", "HingeEmbeddingLoss", "HuberLoss", "KLDivLoss", "L1Loss",
+    "LinearCrossEntropyLoss", "MSELoss", "MarginRankingLoss", "MultiLabelMarginLoss",
+    "MultiLabelSoftMarginLoss", "MultiMarginLoss", "NLLLoss", "NLLLoss2d", "PoissonNLLLoss",
+    "SmoothL1Loss", "SoftMarginLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss",
+)
+ALLOWED_TARGETS: dict[str, frozenset[str]] = {
+    "model": frozenset(f"mlp_experiments.models.{name}"
+                       for name in ("MLP", "ScratchMLP", "ModelDemo", "CNN")),
+    "optimizer": frozenset({*(f"torch.optim.{name}" for name in _TORCH_OPTIMIZERS),
+                            "mlp_experiments.optim.ScratchSGD"}),
+    "scheduler": frozenset(f"torch.optim.lr_scheduler.{name}" for name in _TORCH_SCHEDULERS),
+    "loss": frozenset({*(f"torch.nn.{name}" for name in _TORCH_LOSSES),
+                       *(f"mlp_experiments.losses.{name}" for name in (
+                           "LogSoftmaxNLL", "OneHotMSE", "SigmoidBCE", "ScratchCrossEntropy"))}),
+}
+TARGET_KEYS = ("_target_", "_partial_")  # the only keys starting with "_", at a group's root
+
+LAUNCHERS = frozenset({
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+})
+SWEEPERS = frozenset({"hydra._internal.core_plugins.basic_sweeper.BasicSweeper"})
+LOGGING_MODULES = ("logging", "logging.handlers")
+LOGGING_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+
+_LOGGING_WHY = ("Hydra hands it to logging.config.dictConfig, whose '()' factories and handler "
+                "classes are code: choose a predefined one, e.g. hydra/job_logging=disabled")
+# A command-line override of one of these Hydra keys, of a key under it or of a parent (which
+# could set it as a dict) is refused, with the reason.
+GUARDED_HYDRA_KEYS = {
+    "hydra.callbacks": "Hydra instantiates its callbacks",
+    "hydra.job.env_set": "it sets the environment of the job (LD_PRELOAD, PYTHONPATH, ...): "
+                         "set variables in the shell instead",
+    "hydra.job.env_copy": "it copies the environment into the job: set variables in the shell",
+    "hydra.launcher._target_": "Hydra instantiates it: choose a launcher with "
+                               "hydra/launcher=<option>",
+    "hydra.sweeper._target_": "Hydra instantiates it: choose a sweeper with "
+                              "hydra/sweeper=<option>",
+    "hydra.job_logging": _LOGGING_WHY,
+    "hydra.hydra_logging": _LOGGING_WHY.replace("job_logging", "hydra_logging"),
+    "hydra.searchpath": "a pkg:// search path imports a Python package: add a config folder "
+                        "with --config-dir <folder> instead",
+}
+GUARDED_HYDRA_GROUPS = {"hydra/callbacks": "Hydra instantiates its callbacks"}
+
+
+# ---------------------------------------------------------------------------- the job's config
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a composed training config that would build anything but its groups' allowed
+    classes, or holds a key its schema does not have (Hydra's `+` forces new keys in)."""
+    check_keys(OmegaConf.to_container(cfg, resolve=False))
+    for group in ALLOWED_TARGETS:
+        check_target(group, target_of(cfg[group]))
+    schemas = section_schemas(cfg)
+    unknown = [str(key) for key in cfg if key not in schemas]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)}: not a section of the training config (its "
+                        f"sections: {', '.join(schemas)}).")
+    for section, schema in schemas.items():
+        check_schema(section, schema, cfg[section])
+
+
+def section_schemas(cfg: DictConfig) -> dict[str, type]:
+    """The schema of each section of a training config, the groups' by their `_target_`."""
+    groups = {group: schema_for(group, target_of(cfg[group])) for group in ALLOWED_TARGETS}
+    return {"data": data_schema(cfg.data.name), **groups,
+            "regularization": RegularizationConfig, "trainer": TrainerConfig,
+            "tracking": TrackingConfig}
+
+
+def check_keys(tree: Any, path: str = "") -> None:
+    """Keys starting with "_" only where they belong: `_target_` and `_partial_` at the root of
+    the groups that build an object."""
+    for where, key, value in _children(tree, path):
+        if isinstance(key, str) and key.startswith("_") and not _is_target_key(where):
+            raise UserError(
+                f"{where}: a config is data, not code. `_target_` and `_partial_` may only be "
+                f"set at the root of a config group that builds an object "
+                f"({', '.join(f'{group}._target_' for group in ALLOWED_TARGETS)}), and no other "
+                f"key may start with '_' (such as _recursive_, _args_ or _convert_). Choose "
+                f"a group option instead (e.g. model=mlp, optimizer=adam)."
+            )
+        check_keys(value, where)
+
+
+def _children(tree: Any, path: str):
+    """(path, key, value) of each item of a dict or list (a plain container)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield f"{path}.{key}".lstrip("."), key, value
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield f"{path}[{index}]", index, value
+
+
+def _is_target_key(path: str) -> bool:
+    group, _, key = path.partition(".")
+    return group in ALLOWED_TARGETS and key in TARGET_KEYS
+
+
+def target_of(node: DictConfig) -> str | None:
+    return node.get("_target_") if "_target_" in node else None
+
+
+def check_target(group: str | None, target: Any) -> None:
+    if group not in ALLOWED_TARGETS:
+        raise UserError(
+            f"Only the nodes of the groups {', '.join(ALLOWED_TARGETS)} build objects, not "
+            f"{group or 'the root of a config'}."
+        )
+    if target is None and group == "scheduler":
+        return  # scheduler=none: a constant learning rate
+    if target not in ALLOWED_TARGETS[group]:
+        raise UserError(
+            f"{group}._target_={target!r} is not allowed: a config is data, not code, and a "
+            f"{group} can only be one of these classes: "
+            f"{', '.join(sorted(ALLOWED_TARGETS[group]))}. Choose a {group} option "
+            f"({group}=<name>) or one of these classes."
+        )
+
+
+def schema_for(group: str, target: str | None) -> type:
+    if target is None:
+        return NoSchedulerConfig
+    return TARGET_SCHEMAS.get(target) or ANY_TARGET_SCHEMAS[group]
+
+
+def check_schema(path: str, schema: type, node: DictConfig) -> None:
+    """The node merged into its schema, as Hydra merges a group option into its schema: an
+    unknown key or a value of the wrong type names itself."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node))
+    except OmegaConfBaseException as error:  # its key and validation errors name the key
+        message = str(error).splitlines()[0]
+        keys = ", ".join(k for k in OmegaConf.structured(schema) if not k.startswith("_"))
+        raise UserError(
+            f"{path}: {message} ({schema.__name__} holds: {keys or 'no settings'})."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@functools.cache
+def allowed_classes(group: str) -> dict[str, type]:
+    """The allowed classes of a group, imported once per process."""
+    classes = {}
+    for name in ALLOWED_TARGETS[group]:
+        module, _, attribute = name.rpartition(".")
+        classes[name] = getattr(importlib.import_module(module), attribute)
+    return classes
+
+
+def instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """Build the object of a config group's node (`cfg.model`, `cfg.optimizer`, ...): its
+    `_target_` must name one of the group's allowed classes and resolve to that very class,
+    and nothing inside the node is built (Hydra gets the class itself, `_recursive_=False`)."""
+    from hydra._internal.utils import _locate
+    from hydra.utils import instantiate as hydra_instantiate
+
+    group, target = node._key(), target_of(node)
+    check_target(group, target)
+    if target is None:
+        raise UserError(f"{group} has no _target_: there is nothing to build.")
+    check_keys(OmegaConf.to_container(node, resolve=False), str(group))
+    resolved = _locate(target)
+    allowed = allowed_classes(group)[target]
+    if resolved is not allowed:
+        raise UserError(
+            f"{group}._target_={target!r} resolves to {resolved!r}, not to the allowed class "
+            f"{allowed!r}: refused."
+        )
+    return hydra_instantiate(node, **kwargs, _target_=allowed, _recursive_=False)
+
+
+# ---------------------------------------------------------------------------- the Hydra node
+
+
+def check_hydra_overrides(overrides: list[str]) -> None:
+    """Refuse command-line overrides of the Hydra keys that build objects or set the
+    environment (choosing a predefined option, such as hydra/job_logging=disabled, is fine)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise UserError(str(error)) from None
+    for override in parsed:
+        why = _refusal(override.key_or_group)
+        if why:
+            raise UserError(
+                f"{override.input_line}: overriding {override.key_or_group} is not allowed: "
+                f"{why}."
+            )
+
+
+def _refusal(key: str) -> str | None:
+    """Why an override of this key is refused, or None."""
+    if key in GUARDED_HYDRA_GROUPS:
+        return GUARDED_HYDRA_GROUPS[key]
+    for guarded, why in GUARDED_HYDRA_KEYS.items():
+        if f"{key}.".startswith(f"{guarded}."):
+            return why
+        if guarded.startswith(f"{key}."):
+            return f"it can set {guarded}, and {why}"
+    if key.startswith("hydra.") and any(part.startswith("_") for part in key.split(".")):
+        return "keys starting with '_' make Hydra build objects"
+    return None
+
+
+def check_hydra_config(hydra: DictConfig) -> None:
+    """The composed Hydra node (command line, presets and any --config-dir folder together):
+    no callbacks, no environment, a known launcher and sweeper, logging configs without code."""
+    tree = OmegaConf.to_container(hydra, resolve=False)
+    for key, value in (("callbacks", tree["callbacks"]), ("job.env_set", tree["job"]["env_set"]),
+                       ("job.env_copy", tree["job"]["env_copy"])):
+        if value:
+            raise UserError(f"hydra.{key} must stay empty: {GUARDED_HYDRA_KEYS[f'hydra.{key}']}.")
+    _check_plugin("hydra.launcher", tree["launcher"], LAUNCHERS)
+    _check_plugin("hydra.sweeper", tree["sweeper"], SWEEPERS)
+    for key in ("job_logging", "hydra_logging"):
+        _check_logging(f"hydra.{key}", tree[key])
+    for entry in tree["searchpath"]:
+        if not str(entry).startswith("file://"):
+            raise UserError(f"hydra.searchpath: {entry}: {GUARDED_HYDRA_KEYS['hydra.searchpath']}.")
+
+
+def _check_plugin(path: str, node: dict, allowed: frozenset[str]) -> None:
+    if node.get("_target_") not in allowed:
+        raise UserError(
+            f"{path}._target_={node.get('_target_')!r} is not allowed: use one of "
+            f"{', '.join(sorted(allowed))}."
+        )
+    check_keys({key: value for key, value in node.items() if key != "_target_"}, path)
+
+
+def _check_logging(path: str, tree: Any) -> None:
+    for where, key, value in _children(tree, path):
+        if key == "()":
+            raise UserError(f"{where}: a '()' factory is code, not data. {_LOGGING_WHY}.")
+        if key == "class" and not is_logging_class(value):
+            raise UserError(
+                f"{where}={value!r}: handlers and formatters may only be classes of the "
+                f"standard library's {' and '.join(LOGGING_MODULES)} modules."
+            )
+        if isinstance(value, str) and value.startswith("ext://") and \
+                value not in LOGGING_STREAMS:
+            raise UserError(f"{where}={value!r}: only {' or '.join(LOGGING_STREAMS)}.")
+        _check_logging(where, value)
+
+
+def is_logging_class(name: Any) -> bool:
+    module, _, attribute = str(name).rpartition(".")
+    if module not in LOGGING_MODULES:
+        return False
+    value = getattr(importlib.import_module(module), attribute, None)
+    return isinstance(value, type) and value.__module__ == module
