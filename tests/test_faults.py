@@ -325,3 +325,25 @@ def test_a_read_only_tracking_store_fails_at_once_with_the_fix(tmp_path):
     assert code != 0 and "Traceback" not in log
     assert "is read-only here" in log and "tracking=none" in log
     assert not list(tmp_path.rglob("last.pt"))  # it stopped before any training
+
+
+def test_a_sweep_whose_every_trial_failed_exits_non_zero_after_its_summary(tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "all_diverge"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+study_name: {name}
+overrides: [trainer.epochs=2, data.train_size=2000]
+space:
+  optimizer.lr: choice(1e12, 1e15)
+sampler: grid
+pruner: none
+""")
+    command = [sys.executable, "-m", "mlp_experiments.sweep", f"sweep={path}", *SLOW,
+               f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}",
+               f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+    code, log = finish(start(command, tmp_path, "sweep.log"), tmp_path, "sweep.log")
+    assert code != 0 and "Every trial of study all_diverge failed (2)" in log
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.user_attrs["outcome"] for t in study.trials] == ["diverged", "diverged"]
+    assert "report" in {a.path for a in MlflowClient(uri).list_artifacts(
+        study.user_attrs["mlflow_parent_run_id"])}  # summarised all the same
