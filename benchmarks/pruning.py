@@ -11,11 +11,16 @@ wall time. Target: pruning trains <= 50% of the epochs and loses <= 0.3 points o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
 from mlp_experiments.sweep import run_sweep
+
+# The sweeps run in a throw-away working directory (their best presets): the data stays where
+# the default data.root finds it from the directory the benchmark started in.
+DATA_ROOT = Path("data").resolve()
 
 
 def search(pruner: str, trials: int, epochs: int, folder: Path) -> tuple[int, float, float]:
@@ -24,6 +29,7 @@ def search(pruner: str, trials: int, epochs: int, folder: Path) -> tuple[int, fl
         "sweep=search_mlp", f"sweep.study_name=pruning_{pruner}", f"sweep.pruner={pruner}",
         f"sweep.n_trials={trials}", f"sweep.storage=sqlite:///{folder / 'optuna.db'}",
         f"trainer.epochs={epochs}", "tracking=none", f"trainer.checkpoint_dir={folder / 'ck'}",
+        f"data.root={DATA_ROOT}",
     ])
     epochs_trained = sum(len(t.user_attrs.get("history", [])) for t in study.trials
                          if "reused_from" not in t.user_attrs)
@@ -35,7 +41,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
         results = {pruner: search(pruner, args.trials, args.epochs, Path(folder))
                    for pruner in ("none", "median")}
     for pruner, (epochs, best, seconds) in results.items():

@@ -11,6 +11,7 @@ run of each and their ratio. Target: a trial costs <= 1.05x the run alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -19,6 +20,10 @@ from pathlib import Path
 from mlp_experiments import sweep as sweeps
 from mlp_experiments.config import compose_config
 from mlp_experiments.train import train
+
+# Everything runs in a throw-away working directory (MLflow's ./mlruns, any preset): the data
+# stays where the default data.root finds it from the directory the benchmark started in.
+DATA_ROOT = Path("data").resolve()
 
 GRID = """
 study_name: {name}
@@ -32,7 +37,7 @@ pruner: none
 def common(folder: Path, epochs: int) -> list[str]:
     return [f"trainer.epochs={epochs}", "tracking.log_model=false",
             f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-            f"trainer.checkpoint_dir={folder / 'checkpoints'}"]
+            f"trainer.checkpoint_dir={folder / 'checkpoints'}", f"data.root={DATA_ROOT}"]
 
 
 def as_trials(folder: Path, seeds: range, epochs: int, name: str) -> tuple[float, float]:
@@ -62,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ratios, trial_seconds, alone_seconds, study_seconds = [], [], [], []
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.chdir(temporary):
         folder = Path(temporary)
         alone(folder, range(100, 101), 1)  # warm-up: imports, data, MLflow tables
         for repeat in range(args.repeats):

@@ -13,12 +13,17 @@ With a GPU, run it with `trainer.device=cuda` appended to compare workers sharin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from mlp_experiments import sweep as sweeps
+
+# The sweeps run in a throw-away working directory (their best presets, MLflow's ./mlruns): the
+# data stays where the default data.root finds it from the directory the benchmark started in.
+DATA_ROOT = Path("data").resolve()
 
 SEARCH = """
 study_name: workers_{count}
@@ -39,7 +44,7 @@ def run(count: int, trials: int, epochs: int, folder: Path, extra: list[str]) ->
         f"sweep={folder / f'workers_{count}.yaml'}", f"sweep.n_workers={count}",
         f"sweep.storage=sqlite:///{folder / f'optuna_{count}.db'}",
         f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-        f"trainer.checkpoint_dir={folder / 'checkpoints'}", *extra,
+        f"trainer.checkpoint_dir={folder / 'checkpoints'}", f"data.root={DATA_ROOT}", *extra,
     ])
     wall = time.perf_counter() - started
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials]
@@ -60,7 +65,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="training overrides, e.g. trainer.device=cuda")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.chdir(temporary):
         for count in (1, 2, 3):
             result = run(count, args.trials, args.epochs, Path(temporary), args.extra)
             print(f"{count} worker(s): {result['trials_per_hour']:6.0f} trials/hour; per trial "

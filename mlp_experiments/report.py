@@ -1,10 +1,11 @@
 """`python -m mlp_experiments.report sweep=<name> [sweep.key=value ...] [out=DIR]`
 
 Writes a Markdown report of the Optuna study that `python -m mlp_experiments.sweep` ran, with its
-figures, to `DIR/<study_name>/report.md` (DIR defaults to `docs`), and logs the folder to the
-study's MLflow parent run. A comparison (named variants x seeds) gets per-variant means with 95%
-confidence intervals and Welch t-tests that say which differences exceed the seed-to-seed noise;
-a search gets its top trials, parameter importances and the best configuration as a command.
+figures, to `DIR/<study_name>/report.md` (DIR defaults to `outputs/reports` under the working
+directory), and logs the folder to the study's MLflow parent run. A comparison (named variants
+x seeds) gets per-variant means with 95% confidence intervals and Welch t-tests that say which
+differences exceed the seed-to-seed noise; a search gets its top trials, parameter importances
+and the best configuration as a command.
 `summarise_in_mlflow` is what the sweep command calls when a study ends.
 """
 
@@ -34,15 +35,17 @@ from optuna.study import StudyDirection  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from mlp_experiments.config import CONF_DIR, UserError, compose_config  # noqa: E402
+from mlp_experiments.config import UserError, compose_config  # noqa: E402
 from mlp_experiments.sweep import (  # noqa: E402
+    best_preset_command,
+    best_preset_path,
     load_sweep,
     make_storage,
     split_arguments,
     storage_url,
-    write_best_preset,
 )
 
+REPORTS_DIR = Path("outputs") / "reports"  # under the working directory; out=DIR overrides
 ALPHA = 0.05  # significance level of the Welch t-tests
 TOP_TRIALS = 10
 SEED_KEY = "trainer.seed"
@@ -433,9 +436,9 @@ def best_section(study, best: FrozenTrial, sweep: DictConfig, metric: str,
              "```bash", command, "```", "",
              f"Test {score.label} after its last epoch: {number(final(best, f'test_{score.key}'))} "
              f"(measured after the search, not used to choose it)."]
-    preset = f"{sweep.study_name}_best"
-    if (CONF_DIR / "experiment" / f"{preset}.yaml").is_file():
-        lines += ["", f"The same configuration as a preset: `experiment={preset}`."]
+    if best_preset_path(sweep.study_name).is_file():
+        lines += ["", f"The same configuration as a preset: "
+                      f"`{best_preset_command(sweep.study_name)}`."]
         if study.best_trial.number != best.number:
             lines += ["", f"Careful: the preset was written from Optuna's best trial "
                           f"{study.best_trial.number}, which diverged after its best epoch."]
@@ -492,18 +495,17 @@ def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False)
 
 
 def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
-                        parent_run_id: str) -> None:
-    """Log the report, `trials.csv`, the best value and (for a search, once a trial completed)
-    the best configuration's preset to the study's MLflow parent run."""
+                        parent_run_id: str, preset: Path | None = None) -> None:
+    """Log the report, `trials.csv`, the best value and the best configuration's preset (the
+    file the sweep wrote, when it wrote one) to the study's MLflow parent run."""
     client = mlflow.MlflowClient(tracking_cfg.uri)
     metric = study.user_attrs.get("metric", sweep.metric)
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             client.log_metric(parent_run_id, f"best_{metric}", study.best_value)
-            if study_kind(study, sweep) == "search":  # a comparison's best is one seed's run
-                preset = write_best_preset(study, sweep)
-                client.log_text(parent_run_id, preset.read_text(), "best_config.yaml")
+        if preset is not None:
+            client.log_text(parent_run_id, preset.read_text(), "best_config.yaml")
         report = write_report(study, sweep, folder / "report", detailed=True)
         client.log_artifacts(parent_run_id, str(report.parent), "report")
         # Each trial's per-epoch history is in its own MLflow run; here it would drown the table.
@@ -534,7 +536,8 @@ def load_existing_study(sweep: DictConfig, name: str):
 def split_output(arguments: list[str]) -> tuple[Path, list[str]]:
     """`out=DIR` is the report's; every other argument is the sweep's."""
     out = [a.removeprefix("out=") for a in arguments if a.startswith("out=")]
-    return Path(out[-1] if out else "docs"), [a for a in arguments if not a.startswith("out=")]
+    folder = Path(out[-1]) if out else REPORTS_DIR
+    return folder, [a for a in arguments if not a.startswith("out=")]
 
 
 def run_report(arguments: list[str]) -> Path:

@@ -602,9 +602,29 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
         time.sleep(HEARTBEAT_S)
 
 
+# A search's best preset goes under the working directory, never into the package or conf/, and
+# `train -cd PRESETS_DIR` adds that folder to Hydra's config search path. Hydra searches it after
+# the package's own conf/, so the presets are options of a subfolder of the experiment group that
+# conf/ does not have: a study cannot be shadowed by a shipped preset of the same name.
+PRESETS_DIR = Path("outputs") / "presets"
+
+
+def best_preset_name(study_name: str) -> str:
+    return f"best/{study_name}"
+
+
+def best_preset_path(study_name: str) -> Path:
+    return PRESETS_DIR / "experiment" / f"{best_preset_name(study_name)}.yaml"
+
+
+def best_preset_command(study_name: str) -> str:
+    return (f"python -m mlp_experiments.train -cd {PRESETS_DIR} "
+            f"experiment={best_preset_name(study_name)}")
+
+
 def preset_yaml(overrides: list[str], comment: str) -> str:
-    """A `conf/experiment/` preset that composes to the same config as these overrides (less
-    where runs are recorded: tracking settings stay the user's)."""
+    """An `experiment` preset that composes to the same config as these overrides (less where
+    runs are recorded: tracking settings stay the user's)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
@@ -626,13 +646,18 @@ def preset_yaml(overrides: list[str], comment: str) -> str:
 
 
 def write_best_preset(study, sweep: DictConfig) -> Path:
-    """conf/experiment/<study>_best.yaml, ready for `train experiment=<study>_best`."""
+    """The best trial as `best_preset_path(study)`, ready for `best_preset_command(study)`."""
     best = study.best_trial
     comment = (f"Best trial ({best.number}) of the study {sweep.study_name}: "
                f"{sweep.metric} {best.value:.4f}.\nWritten by mlp_experiments.sweep; "
-               f"the test accuracy was not used to choose it.")
-    path = CONF_DIR / "experiment" / f"{sweep.study_name}_best.yaml"
-    path.write_text(preset_yaml(best.user_attrs["overrides"], comment))
+               f"the test accuracy was not used to choose it.\n"
+               f"Train it: {best_preset_command(sweep.study_name)}")
+    path = best_preset_path(sweep.study_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Every sweep command of a study writes it when it ends, some while others read it: whole.
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(preset_yaml(best.user_attrs["overrides"], comment))
+    partial.replace(path)
     return path
 
 
@@ -656,7 +681,8 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
 
 
 def run_sweep(arguments: list[str]):
-    """Plan, check, run the workers, then summarise the study in its MLflow parent run."""
+    """Plan, check, run the workers, write a search's best preset, then summarise the study in
+    its MLflow parent run."""
     register_configs()
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
@@ -669,7 +695,8 @@ def run_sweep(arguments: list[str]):
     from mlp_experiments import tracking
 
     study = open_study(sweep, distributions, tracking_uri)
-    study.set_user_attr("kind", "comparison" if sweep.sampler == "grid" else "search")
+    kind = "comparison" if sweep.sampler == "grid" else "search"
+    study.set_user_attr("kind", kind)
     study.set_user_attr("metric", sweep.metric)
     n_trials = budget(sweep, distributions)
     print_plan(sweep, distributions, study, n_trials, training)
@@ -685,10 +712,11 @@ def run_sweep(arguments: list[str]):
             f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died (see "
             f"their output): run the same command again to finish the study."
         )
+    preset = publish_best_preset(study, sweep, kind)
     if parent_run_id:
         from mlp_experiments import report
 
-        report.summarise_in_mlflow(study, sweep, base.tracking, parent_run_id)
+        report.summarise_in_mlflow(study, sweep, base.tracking, parent_run_id, preset)
     if ended and all(t.user_attrs["outcome"] in ("error", "diverged") for t in ended):
         raise UserError(
             f"Every trial of study {sweep.study_name} failed ({len(ended)}): the errors are "
@@ -699,6 +727,19 @@ def run_sweep(arguments: list[str]):
 
 def past(deadline: float | None) -> bool:
     return deadline is not None and time.time() >= deadline
+
+
+def publish_best_preset(study, sweep: DictConfig, kind: str) -> Path | None:
+    """A search with a completed trial: write its best preset and print how to train it. (A
+    comparison's best trial is one seed of one variant: no configuration to recommend.)"""
+    from optuna.trial import TrialState
+
+    if kind != "search" or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    preset = write_best_preset(study, sweep)
+    print(f"best configuration: {preset}\ntrain it: {best_preset_command(sweep.study_name)}",
+          flush=True)
+    return preset
 
 
 def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None,

@@ -1,5 +1,8 @@
 import gzip
+import signal
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +39,23 @@ def write_tiny_release(folder: Path, train: int = 120, test: int = 40, gz: bool 
     return folder
 
 
+def open_tracking_store(folder: Path) -> str:
+    """The URI of a SQLite MLflow store in `folder`, its tables created. MLflow puts a SQLite
+    store's run artifacts in ./mlruns of the directory a process first opens it from, and keeps
+    that for the process: opened from `folder`, they stay out of the source tree."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        MlflowClient(uri).search_experiments()
+    return uri
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One SQLite store for the session: creating its tables costs seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return open_tracking_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture
@@ -71,3 +87,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def two_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
+def answers(url: str) -> bool:
+    """The URL answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def default_sigint():
+    """A subprocess's preexec_fn: a shell's background job (CI steps, nohup) starts with SIGINT
+    ignored, and an ignored signal stays ignored across exec: give the command the Ctrl-C a
+    terminal would give it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

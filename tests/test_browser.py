@@ -1,9 +1,10 @@
 """End to end in a browser: `python -m mlp_experiments.ui` serves a fresh store of real runs and a
 small sweep, and headless Chromium must render them in the MLflow UI and in optuna-dashboard.
 
-Every page is saved as a full-page screenshot under test-artifacts/screenshots/ (or
-$SCREENSHOT_DIR), for CI to keep. The selectors follow the pinned MLflow (3.x, React with
-ag-grid and plotly) and optuna-dashboard (MUI and plotly) front ends: see the notes at each test.
+Every page is saved as a full-page screenshot under $SCREENSHOT_DIR (default
+<temporary folder>/mlp-experiments-screenshots), for CI to keep. The selectors follow the pinned
+MLflow (3.x, React with ag-grid and plotly) and optuna-dashboard (MUI and plotly) front ends: see
+the notes at each test.
 """
 
 from __future__ import annotations
@@ -17,22 +18,22 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import answers, default_sigint, two_free_ports
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or REPO / "test-artifacts" / "screenshots")
+# Outside the source tree, which the tests leave as they found it (.ci/run checks).
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR")
+                   or Path(tempfile.gettempdir()) / "mlp-experiments-screenshots")
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120  # both servers answer HTTP (MLflow starts 4 workers: slow on a busy CI box)
 STOP_TIMEOUT_S = 60  # the UI command exits after SIGINT (it gives each server 10 s, then kills)
@@ -143,14 +144,6 @@ class Servers:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of the process group `pgid`."""
     members = []
@@ -177,20 +170,6 @@ def nothing_listens(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
-
-
-def default_sigint():
-    # A shell's background job (CI steps, nohup) starts with SIGINT ignored, and an ignored
-    # signal stays ignored across exec: give the command the Ctrl-C a terminal would give it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")

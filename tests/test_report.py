@@ -9,7 +9,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from mlp_experiments import report
-from mlp_experiments.config import CONF_DIR
 from mlp_experiments.sweep import SweepConfig, load_sweep, write_best_preset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -272,7 +271,8 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
     markdown = report.write_report(study, tmp_sweep, tmp_path).read_text()
     assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
     assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
-    assert "The same configuration as a preset: `experiment=pytest_tmp_study_best`." in markdown
+    assert ("The same configuration as a preset: `python -m mlp_experiments.train "
+            "-cd outputs/presets experiment=best/pytest_tmp_study`.") in markdown
     assert "Optuna's best trial 8, which diverged" in markdown
 
 
@@ -351,6 +351,14 @@ def test_cli_writes_the_report_and_logs_it(tmp_path, tracking_uri, parent_run, c
     assert {"report/report.md", "report/history.png", "report/importances.png"} <= logged
 
 
+def test_cli_writes_under_the_working_directory_by_default(workdir):
+    storage = f"sqlite:///{workdir}/optuna.db"
+    search_study(name="pytest_cli_study", storage=storage)
+    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+                 f"sweep.storage={storage}", "tracking=none"])
+    assert (workdir / "outputs" / "reports" / "pytest_cli_study" / "report.md").is_file()
+
+
 def test_cli_skips_mlflow_when_tracking_is_off(tmp_path, parent_run, capsys):
     client, run_id = parent_run
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -367,18 +375,18 @@ def test_cli_skips_mlflow_when_tracking_is_off(tmp_path, parent_run, capsys):
 
 
 @pytest.fixture
-def tmp_sweep():
-    """The search_mlp sweep as pytest_tmp_study; its best preset is removed afterwards."""
-    preset = CONF_DIR / "experiment" / "pytest_tmp_study_best.yaml"
-    yield load_sweep("search_mlp", ["study_name=pytest_tmp_study"])
-    preset.unlink(missing_ok=True)
+def tmp_sweep(workdir):
+    """The search_mlp sweep as pytest_tmp_study, run in a temporary working directory (where
+    its best preset goes)."""
+    return load_sweep("search_mlp", ["study_name=pytest_tmp_study"])
 
 
 def test_summarise_in_mlflow(tmp_path, tracking_uri, parent_run, tmp_sweep):
     client, run_id = parent_run
     study = search_study()
     tracking_cfg = OmegaConf.create({"uri": tracking_uri})
-    report.summarise_in_mlflow(study, tmp_sweep, tracking_cfg, run_id)
+    preset = write_best_preset(study, tmp_sweep)
+    report.summarise_in_mlflow(study, tmp_sweep, tracking_cfg, run_id, preset)
 
     assert {a.path for a in client.list_artifacts(run_id)} == {
         "report", "trials.csv", "best_config.yaml"}
@@ -390,10 +398,11 @@ def test_summarise_in_mlflow(tmp_path, tracking_uri, parent_run, tmp_sweep):
     def download(path: str) -> str:
         return Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text()
 
-    preset = download("best_config.yaml")
-    assert "Best trial (3) of the study pytest_tmp_study" in preset
-    assert "lr: 0.08" in preset
-    assert "`experiment=pytest_tmp_study_best`" in download("report/report.md")
+    logged_preset = download("best_config.yaml")
+    assert "Best trial (3) of the study pytest_tmp_study" in logged_preset
+    assert "lr: 0.08" in logged_preset
+    assert logged_preset == preset.read_text()
+    assert "-cd outputs/presets experiment=best/pytest_tmp_study`" in download("report/report.md")
     csv = download("trials.csv")
     assert csv.count("\n") == 1 + 7 and "history" not in csv
 
@@ -404,4 +413,3 @@ def test_summarise_in_mlflow_without_completed_trials(tracking_uri, parent_run, 
                                OmegaConf.create({"uri": tracking_uri}), run_id)
     assert {a.path for a in client.list_artifacts(run_id)} == {"report", "trials.csv"}
     assert client.get_run(run_id).data.metrics == {}
-    assert not (CONF_DIR / "experiment" / "pytest_tmp_study_best.yaml").exists()

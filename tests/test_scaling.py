@@ -18,6 +18,8 @@ from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from mlp_experiments.config import CONF_DIR
+
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = pytest.mark.skipif(not PG_BIN, reason="apt-get install postgresql")
 
@@ -57,7 +59,7 @@ def mlflow_server(postgres, tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
          "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -128,6 +130,9 @@ def test_three_workers_on_postgresql_finish_exactly_n_trials(postgres, mlflow_se
     trials = check_study(postgres, mlflow_server, "scaling")
     assert len(trials) == 6  # nothing lost, nothing duplicated
     assert len({t.user_attrs["worker"] for t in trials}) > 1  # the workers shared the study
+    # each command wrote the best preset where it ran, not into the package
+    assert (tmp_path / "outputs" / "presets" / "experiment" / "best" / "scaling.yaml").is_file()
+    assert not list(CONF_DIR.rglob("*scaling*"))
 
 
 def test_a_worker_killed_mid_trial_loses_nothing(postgres, mlflow_server, tmp_path):

@@ -1,5 +1,7 @@
 """Tiny synthetic sweeps through the real sweep command, storages and MLflow."""
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -14,22 +16,19 @@ FAST = ["data=synthetic", "trainer.epochs=2", "trainer.device=cpu", "tracking.lo
 @pytest.fixture
 def sweep_file(tmp_path, monkeypatch, workdir, tracking_uri, request):
     """Write sweeps/<name>.yaml into a temporary sweeps folder; return the command's arguments
-    (the study stored in a temporary SQLite file, the runs in the session's MLflow store)."""
+    (the study stored in a temporary SQLite file, the runs in the session's MLflow store). The
+    working directory is the temporary folder: a search's best preset goes there."""
     folder = tmp_path / "sweeps"
     folder.mkdir()
     monkeypatch.setattr(sweeps, "SWEEPS_DIR", folder)
-    written = []  # a search writes its best preset into conf/experiment: removed afterwards
 
     def write(text: str, *extra: str) -> list[str]:
         (folder / "tiny.yaml").write_text(text)
-        written.append(sweeps.CONF_DIR / "experiment" / f"{text.split()[1]}_best.yaml")
         return ["sweep=tiny", f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}", *FAST,
                 f"tracking.uri={tracking_uri}", f"tracking.experiment='{request.node.name}'",
                 f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}", *extra]
 
-    yield write
-    for path in written:
-        path.unlink(missing_ok=True)
+    return write
 
 
 def child_runs(tracking_uri, experiment_name, parent_run_id):
@@ -103,7 +102,7 @@ pruner: none
 
 
 def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file, tracking_uri,
-                                                                       request):
+                                                                       request, workdir):
     study = sweeps.run_sweep(sweep_file(GRID))
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     cells = {(t.params["variant"], t.params["trainer.seed"]) for t in trials}
@@ -118,6 +117,9 @@ def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file
     parent_run = client.get_run(parent)
     assert parent_run.data.params["sampler"] == "grid"
     assert parent_run.data.params["variant.adam"] == "optimizer=adam"
+    # a comparison's best trial is one seed of one variant: no preset
+    assert "best_config.yaml" not in {a.path for a in client.list_artifacts(parent)}
+    assert not (workdir / "outputs").exists()
     # running the same command again finds the study complete: no new trial, no new run
     again = sweeps.run_sweep(sweep_file(GRID))
     assert len(again.trials) == 4
@@ -197,12 +199,29 @@ def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 6
 
 
-def test_the_best_trial_is_written_as_a_preset_that_reproduces_it(sweep_file):
-    study = sweeps.run_sweep(sweep_file(SEARCH))
-    path = sweeps.CONF_DIR / "experiment" / "tiny_search_best.yaml"
-    assert path.is_file() and path.read_text().startswith("# @package _global_")
+def test_the_best_trial_is_written_under_the_working_directory_as_a_preset_that_reproduces_it(
+    sweep_file, workdir, tracking_uri, capsys
+):
+    """Named like the study of the shipped `search_mlp_best` preset (the README's documented
+    result): the search leaves that one as it is and writes its own under ./outputs/presets."""
+    shipped = sweeps.CONF_DIR / "experiment" / "search_mlp_best.yaml"
+    shipped_before = shipped.read_bytes()
+    study = sweeps.run_sweep(sweep_file(SEARCH.replace("tiny_search", "search_mlp")))
+    assert shipped.read_bytes() == shipped_before
+    path = workdir / "outputs" / "presets" / "experiment" / "best" / "search_mlp.yaml"
+    assert path.read_text().startswith("# @package _global_")
+    command = "python -m mlp_experiments.train -cd outputs/presets experiment=best/search_mlp"
+    assert f"train it: {command}" in capsys.readouterr().out
+    assert command in path.read_text()
+    logged = MlflowClient(tracking_uri).download_artifacts(
+        study.user_attrs["mlflow_parent_run_id"], "best_config.yaml", str(workdir))
+    assert Path(logged).read_text() == path.read_text()
+
+    # Hydra searches a -cd folder after conf/: nothing there may shadow the sweeps' presets
+    assert not (sweeps.CONF_DIR / "experiment" / "best").exists()
     best = study.best_trial
-    preset = compose_config(["experiment=tiny_search_best"])
+    preset = compose_config(["experiment=best/search_mlp"],
+                            extra_dir=workdir / "outputs" / "presets")
     direct = compose_config(best.user_attrs["overrides"])
     assert config_hash(preset, "d") == config_hash(direct, "d")
     assert preset.optimizer.lr == pytest.approx(best.params["optimizer.lr"])
@@ -230,7 +249,7 @@ pruner: none
     arguments = sweep_file(text)
     arguments[0] = f"sweep={sweeps.SWEEPS_DIR / 'tiny.yaml'}"  # the worker cannot see monkeypatch
     worker = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sweep", *arguments],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = arguments[1].split("=", 1)[1]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the trial's first reported epoch
