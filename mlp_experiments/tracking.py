@@ -251,7 +251,12 @@ def log_datasets(dataset) -> None:
         inputs, _ = getattr(dataset, split)
         digest = hashlib.sha256(f"{dataset.digest}:{split}:{len(inputs)}".encode()).hexdigest()
         meta = MetaDataset(source, name=f"{dataset.name}-{split}", digest=digest[:16])
-        mlflow.log_input(meta, context=context)
+        try:
+            mlflow.log_input(meta, context=context)
+        except mlflow.exceptions.MlflowException:
+            # Two runs logging one new dataset at once race to create its row in a SQL store
+            # (MLflow's get-or-create is not atomic); the loser's second try finds it.
+            mlflow.log_input(meta, context=context)
 
 
 def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:
