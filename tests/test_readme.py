@@ -151,8 +151,8 @@ def writers(command: Command, writes) -> list[Command]:
 
 def needs_fashion_mnist(command: Command) -> bool:
     if command.kind == "train":
-        if hydra_arguments(command).cfg:
-            return False  # prints the config, trains nothing
+        if hydra_arguments(command).cfg or hydra_arguments(command).info:
+            return False  # prints the config or Hydra's information, trains nothing
         data = [o.value() for o in parsed_overrides(command) if o.key_or_group == "data"]
         return not data or data[-1] == DatasetName.fashion_mnist.value
     if command.kind == "sweep":
@@ -286,6 +286,10 @@ def check_train(workspace: Workspace, command: Command) -> None:
     runs = workspace.runs_of(command)
     if hydra_arguments(command).cfg:
         assert OmegaConf.create(process.stdout).trainer.epochs == 1  # the composed config
+        assert runs == []
+        return
+    if hydra_arguments(command).info:
+        assert "Config search path" in process.stdout and "Defaults Tree" in process.stdout
         assert runs == []
         return
     assert len(runs) == jobs(command)
