@@ -24,12 +24,12 @@ from mlp_experiments.config import (
     DatasetName,
     TrackingConfig,
     UserError,
+    data_schema,
+    model_shape,
     register_configs,
     validate,
 )
 
-DATA_SCHEMAS = {DatasetName.fashion_mnist: "idx", DatasetName.mnist: "idx",
-                DatasetName.synthetic: "synthetic", DatasetName.regression: "regression"}
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
 MODEL_SCHEMAS = {schema._target_: schema for schema in SCHEMAS["model"].values()}
 STATE_DICT = "model_state/state_dict.pt"
@@ -88,7 +88,7 @@ def run_config(client, run_id: str, folder: str) -> DictConfig:
         raise UserError(
             f"Run {run_id} has no config.yaml: it was not recorded by mlp_experiments.train."
         ) from None
-    cfg.data = typed(cfg.data, SCHEMAS["data"][DATA_SCHEMAS[DatasetName(cfg.data.name)]], "data")
+    cfg.data = typed(cfg.data, data_schema(DatasetName(cfg.data.name)), "data")
     target = cfg.model.get("_target_")
     if target not in MODEL_SCHEMAS:
         raise UserError(
@@ -105,11 +105,9 @@ def build_network(cfg: DictConfig, dataset):
     from hydra.errors import InstantiationException
 
     from mlp_experiments.policy import instantiate
-    from mlp_experiments.train import num_outputs
-
     try:
         return instantiate(cfg.model, in_features=dataset.in_features,
-                           num_outputs=num_outputs(cfg, dataset))
+                           num_outputs=model_shape(cfg)[1])
     except InstantiationException as error:
         raise UserError(f"The run's model cannot be built: {error.__cause__ or error}") from None
 

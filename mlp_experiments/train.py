@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 
 from mlp_experiments.config import (
     CONF_DIR,
-    LOSS_KINDS,
     PROBABILITY_MODELS,
     UserError,
     check_command_line,
     config_hash,
     data_task,
+    model_shape,
     register_configs,
     validate,
 )
@@ -149,7 +149,7 @@ def build(cfg: DictConfig, dataset, device) -> Setup:
     from mlp_experiments.policy import instantiate
 
     model = instantiate(cfg.model, in_features=dataset.in_features,
-                        num_outputs=num_outputs(cfg, dataset)).to(device)
+                        num_outputs=model_shape(cfg)[1]).to(device)
     regularization = cfg.regularization
     penalty = None
     if regularization.l2_penalty or regularization.l1_penalty:
@@ -209,21 +209,13 @@ def record_results(tracker, cfg: DictConfig, setup: Setup, dataset, result) -> N
     tracker.finish(result.outcome)
 
 
-def num_outputs(cfg: DictConfig, dataset) -> int:
-    """One output for regression and for a binary loss (a single logit), else one per class."""
-    kind = LOSS_KINDS.get(cfg.loss._target_)
-    if dataset.regression or (kind is not None and kind.task == "binary"):
-        return 1
-    return len(dataset.classes)
-
-
 def model_output(cfg: DictConfig, dataset) -> str:
     """What the trained network returns, for the served model (see models.ServingModel)."""
     if dataset.regression:
         return "values"
     if cfg.model._target_ in PROBABILITY_MODELS:
         return "probabilities"
-    return "binary" if num_outputs(cfg, dataset) == 1 else "logits"
+    return "binary" if model_shape(cfg)[1] == 1 else "logits"
 
 
 def torch_compile(model):
