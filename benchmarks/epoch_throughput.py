@@ -5,23 +5,17 @@
 (a) the notes' loop: torch DataLoader over PIL images + ToTensor (num_workers 0 and the notes' 4)
 (b) our engine: one training epoch of `engine.fit` on device-resident uint8 batches
 (c) the compute-only bound: the same model and batch shapes, float batches already in memory
-Then the wall time of a 5-epoch `train()` with tracking=mlflow vs tracking=none (in one process,
-imports already paid), and the peak RSS of a whole `python -m mlp_experiments.train` process.
 Runs are taken in alternation so machine drift hits every variant alike; each ratio is given
 as the median of the per-repeat ratios and as the ratio of the fastest runs (the least disturbed
-by other load on a shared machine).
+by other load on a shared machine). What a whole process costs, tracked or not, is
+benchmarks/process_costs.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -29,7 +23,6 @@ from mlp_experiments import data, engine
 from mlp_experiments.config import compose_config
 from mlp_experiments.losses import Scoring
 from mlp_experiments.models import MLP
-from mlp_experiments.train import train
 
 
 def concise_model(device):
@@ -93,27 +86,6 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def tracked_run_seconds(tracking: str, store: Path, device: str) -> float:
-    overrides = [f"tracking={tracking}", f"trainer.device={device}",
-                 f"trainer.checkpoint_dir={store / 'checkpoints'}"]
-    if tracking == "mlflow":
-        overrides.append(f"tracking.uri=sqlite:///{store / 'mlflow.db'}")
-    cfg = compose_config(overrides)
-    started = time.perf_counter()
-    train(cfg)
-    return time.perf_counter() - started
-
-
-def peak_rss_mb(device: str, store: Path) -> float:
-    subprocess.run(
-        [sys.executable, "-m", "mlp_experiments.train", "tracking=none",
-         f"trainer.device={device}", f"trainer.checkpoint_dir={store / 'rss'}",
-         f"hydra.run.dir={store / 'hydra'}"],
-        check=True, capture_output=True,
-    )
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 def report_ratio(name: str, numerator: list[float], denominator: list[float], target: str):
     paired = statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
     print(f"{name:34s} = {paired:6.3f} (median of pairs), {min(numerator) / min(denominator):6.3f} "
@@ -145,23 +117,6 @@ def main() -> None:
     report_ratio("(a)/(b), the notes' 4 workers", timings["a4"], timings["b"], "target >= 5")
     report_ratio("(a)/(b), 0 workers", timings["a0"], timings["b"], "")
     report_ratio("(b)/(c)", timings["b"], timings["c"], "target <= 1.15")
-
-    with tempfile.TemporaryDirectory() as folder:
-        store = Path(folder)
-        tracked_run_seconds("mlflow", store, str(device))  # creates the store's tables once
-        runs = {"mlflow": [], "none": []}
-        for _ in range(args.repeats):
-            for tracking in runs:
-                runs[tracking].append(tracked_run_seconds(tracking, store, str(device)))
-        pairs = zip(runs["mlflow"], runs["none"], strict=True)
-        overhead = statistics.median(tracked - untracked for tracked, untracked in pairs)
-        print(f"5-epoch run: tracking=mlflow median {statistics.median(runs['mlflow']):.2f} s, "
-              f"tracking=none median {statistics.median(runs['none']):.2f} s, "
-              f"tracking costs {overhead:.2f} s per run")
-        report_ratio("tracking=mlflow / tracking=none", runs["mlflow"], runs["none"],
-                     "target <= 1.10")
-        print(f"peak RSS of a training process  = {peak_rss_mb(str(device), store):.0f} MB  "
-              f"(target <= 1500)")
 
 
 if __name__ == "__main__":

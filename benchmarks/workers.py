@@ -1,13 +1,12 @@
-"""Sweep throughput with 1, 2 and 3 worker processes on one study storage.
+"""Trials per hour of the `search_mlp` space with 1 and 2 worker processes.
 
-    uv run python benchmarks/workers.py [--trials 6] [--epochs 2] [--storage sqlite]
+    uv run python benchmarks/workers.py [--trials 8] [--epochs 20] [--workers 1 2] [overrides]
 
-Each setting runs the same small random search (the concise FashionMNIST MLP, `--epochs` per
-trial, MLflow child runs) in a fresh storage; torch's threads are split between the workers
-(2 cores: 2 threads for one worker, 1 each for two or three). It prints trials per hour and,
-per trial, the seconds spent training and evaluating (the epochs) against the rest: composing
-the config, MLflow run start, metrics and artifacts, and the Optuna storage calls between trials.
-With a GPU, run it with `trainer.device=cuda` appended to compare workers sharing one GPU.
+Each setting runs `sweeps/search_mlp.yaml` (TPE, its median pruner, the real FashionMNIST, every
+trial an MLflow child run) for `--trials` trials of `--epochs` epochs in a fresh study storage;
+torch's threads are split between the workers. It prints trials per hour (the command's wall
+time, start-up and summary included) and, per trial, the seconds of its epochs against the rest
+of the trial. Append `trainer.device=cuda` to measure workers sharing one GPU.
 """
 
 from __future__ import annotations
@@ -21,57 +20,46 @@ from pathlib import Path
 
 from mlp_experiments import sweep as sweeps
 
-# The sweeps run in a throw-away working directory (their best presets, MLflow's ./mlruns): the
-# data stays where the default data.root finds it from the directory the benchmark started in.
+# The sweeps run in a throw-away working directory (their best presets): the data stays where
+# the default data.root finds it from the directory the benchmark started in.
 DATA_ROOT = Path("data").resolve()
 
-SEARCH = """
-study_name: workers_{count}
-overrides: [trainer.epochs={epochs}, tracking.log_model=false]
-space:
-  optimizer.lr: tag(log, interval(0.05, 0.5))
-sampler: random
-pruner: none
-n_trials: {trials}
-"""
 
-
-def run(count: int, trials: int, epochs: int, folder: Path, extra: list[str]) -> dict:
-    (folder / f"workers_{count}.yaml").write_text(
-        SEARCH.format(count=count, epochs=epochs, trials=trials))
+def run(workers: int, trials: int, epochs: int, folder: Path, extra: list[str]) -> dict:
     started = time.perf_counter()
     study = sweeps.run_sweep([
-        f"sweep={folder / f'workers_{count}.yaml'}", f"sweep.n_workers={count}",
-        f"sweep.storage=sqlite:///{folder / f'optuna_{count}.db'}",
-        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+        "sweep=search_mlp", f"sweep.study_name=workers_{workers}", f"sweep.n_workers={workers}",
+        f"sweep.n_trials={trials}", f"sweep.storage=sqlite:///{folder / f'optuna_{workers}.db'}",
+        f"trainer.epochs={epochs}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
         f"trainer.checkpoint_dir={folder / 'checkpoints'}", f"data.root={DATA_ROOT}", *extra,
     ])
     wall = time.perf_counter() - started
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials]
-    epochs_seconds = [sum(m["epoch_time_s"] for m in t.user_attrs["history"])
-                      for t in study.trials]
+    ended = [t for t in study.trials if t.datetime_complete and "history" in t.user_attrs]
+    epochs_seconds = [sum(m["epoch_time_s"] for m in t.user_attrs["history"]) for t in ended]
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ended]
     return {
-        "trials_per_hour": len(study.trials) / wall * 3600,
+        "trials_per_hour": len(ended) / wall * 3600,
+        "epochs": sum(len(t.user_attrs["history"]) for t in ended),
         "epochs_s": statistics.median(epochs_seconds),
         "rest_of_trial_s": statistics.median(d - e for d, e in zip(durations, epochs_seconds,
                                                                     strict=True)),
-        "between_trials_s": (wall * count - sum(durations)) / len(study.trials),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("extra", nargs="*", help="training overrides, e.g. trainer.device=cuda")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary, contextlib.chdir(temporary):
-        for count in (1, 2, 3):
-            result = run(count, args.trials, args.epochs, Path(temporary), args.extra)
-            print(f"{count} worker(s): {result['trials_per_hour']:6.0f} trials/hour; per trial "
-                  f"{result['epochs_s']:.2f} s of epochs, {result['rest_of_trial_s']:.2f} s "
-                  f"else in the trial, {result['between_trials_s']:.2f} s between trials "
-                  f"(storage, lock, start-up)", flush=True)
+        for workers in args.workers:
+            result = run(workers, args.trials, args.epochs, Path(temporary), args.extra)
+            print(f"{workers} worker(s): {result['trials_per_hour']:6.0f} trials/hour "
+                  f"({args.trials} trials of up to {args.epochs} epochs, {result['epochs']} "
+                  f"epochs trained); per trial {result['epochs_s']:.1f} s of epochs, "
+                  f"{result['rest_of_trial_s']:.2f} s else", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_GROUPS = frozenset(path.name for path in CONF_DIR.iterdir() if path.is_dir())
 
 
 class UserError(Exception):
@@ -294,7 +295,8 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "mlp-experiments"
     run_name: str | None = None
-    log_model: bool = True
+    plots: bool = True  # learning curves, confusion matrix, test predictions (sweeps: best trials)
+    log_model: bool = False  # the served MLflow model (the state dict is always logged)
     system_metrics: bool = False  # CPU, memory (and GPU) every few seconds, as MLflow does
 
 
@@ -591,6 +593,21 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
     with hydra_initialized(config_dir, extra_dir):
         return compose(config_name, overrides=list(overrides),
                        return_hydra_config=return_hydra_config)
+
+
+def with_values(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A copy of a composed config with `key=value` overrides applied as Hydra applies them
+    after composing: the same result as composing with them, without reading the config tree
+    again (a sweep composes each choice of config groups once and its trials' values on it)."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = copy.deepcopy(cfg)
+    ConfigLoaderImpl._apply_overrides_to_config(
+        OverridesParser.create().parse_overrides(overrides), cfg)
+    return cfg
 
 
 def check_overrides(overrides: list[str], config_name: str = "train",

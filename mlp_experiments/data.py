@@ -9,9 +9,9 @@ turns one PIL image at a time into a float tensor (`data.loader=torch`).
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
+import json
 import math
 import zlib
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from mlp_experiments.config import UserError
 
@@ -91,28 +92,32 @@ class Dataset:
 
 def read_idx(path: Path) -> tuple[torch.Tensor, str]:
     """Decode one IDX file (gzipped or not) into a uint8 tensor; return it with the MD5 of
-    the decompressed bytes. A truncated or damaged file raises UserError naming it."""
+    the decompressed bytes. The bytes are decompressed straight into the tensor (no second
+    copy of a 47 MB file in memory). A truncated or damaged file raises UserError naming it."""
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
+        with opener(path, "rb") as stream:
+            magic = stream.read(4)
+            if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+                raise UserError(f"{path} is not an IDX file of unsigned bytes. {_REFETCH}")
+            dims = stream.read(4 * magic[3])
+            if len(dims) < 4 * magic[3]:
+                raise UserError(f"{path} is truncated (its header is incomplete). {_REFETCH}")
+            shape = tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4))
+            array = np.empty(shape, dtype=np.uint8)
+            read = stream.readinto(memoryview(array).cast("B")) if array.size else 0
+            extra = len(stream.read())
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path} is corrupt ({error}). {_REFETCH}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path} is not an IDX file of unsigned bytes. {_REFETCH}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path} is truncated (its header is incomplete). {_REFETCH}")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(shape)
-    if len(raw) != expected:
+    if read != array.size or extra:
+        header = 4 + len(dims)
         raise UserError(
-            f"{path} holds {len(raw)} bytes but its header {shape} needs {expected}: "
-            f"the file is truncated or damaged. {_REFETCH}"
+            f"{path} holds {header + read + extra} bytes but its header {shape} needs "
+            f"{header + array.size}: the file is truncated or damaged. {_REFETCH}"
         )
-    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-    return torch.from_numpy(array.copy()), hashlib.md5(raw).hexdigest()
+    digest = hashlib.md5(magic + dims)
+    digest.update(array.data)
+    return torch.from_numpy(array), digest.hexdigest()
 
 
 _REFETCH = "Delete it and run again to fetch a fresh copy, or point data.root at a good one."
@@ -199,9 +204,8 @@ def _read_release(name: str, files: dict[str, Path], verify: bool) -> tuple[dict
     return splits, hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=4)
 def load_release(name: str, root: str, verify: bool) -> tuple[dict, str, str]:
-    """Find (or download), verify and decode the four files once per process."""
+    """Find (or download), verify and decode the four files."""
     source = SOURCES[name]
     files = _find_release(source, root)
     if files is None:
@@ -216,7 +220,7 @@ def load_release(name: str, root: str, verify: bool) -> tuple[dict, str, str]:
 
 def release_digest(cfg) -> str:
     """Identifies the data before any split: the files' checksums, or the generator's
-    settings. Cheap once the files were read (sweeps hash every trial's config with it)."""
+    settings. Cheap once the dataset was loaded (sweeps hash every trial's config with it)."""
     if cfg.name == "synthetic":
         settings = ("synthetic", cfg.train_size, cfg.test_size, cfg.seed, cfg.num_classes,
                     cfg.features)
@@ -224,7 +228,7 @@ def release_digest(cfg) -> str:
         settings = ("regression", cfg.train_size, cfg.test_size, cfg.seed, cfg.features,
                     cfg.noise)
     else:
-        return load_release(cfg.name.value, cfg.root, cfg.verify)[1]
+        return load_dataset(cfg).digest
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
 
 
@@ -307,8 +311,23 @@ def normalization(cfg, train_inputs: torch.Tensor) -> tuple[float, float] | None
     return NORMALIZATIONS[cfg.normalize.value]
 
 
+_LOADED: dict[str, Dataset] = {}  # the last datasets built, by their settings
+KEEP_LOADED = 2
+
+
 def load_dataset(cfg) -> Dataset:
-    """Build the train/val/test splits that `cfg.data` describes."""
+    """The train/val/test splits that `cfg.data` describes, built once per process for the same
+    settings (a sweep's trials share them; nothing modifies a dataset's tensors). Only the
+    splits are kept: a release's undivided training set is freed once it is split."""
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
+    if key not in _LOADED:
+        if len(_LOADED) >= KEEP_LOADED:
+            del _LOADED[next(iter(_LOADED))]
+        _LOADED[key] = build_dataset(cfg)
+    return _LOADED[key]
+
+
+def build_dataset(cfg) -> Dataset:
     if cfg.name == "synthetic":
         splits, digest = synthetic_release(cfg)
         classes, where = tuple(f"class {i}" for i in range(cfg.num_classes)), "generated"

@@ -43,6 +43,7 @@ class StopTraining(Exception):
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     outcome: str = COMPLETED
+    run_id: str | None = None  # the tracking run that recorded it (train() sets it)
 
     def best(self, metric: str, maximize: bool | None = None) -> float:
         """The best value of a metric over the epochs; unless told, the highest accuracy or the

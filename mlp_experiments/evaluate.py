@@ -33,8 +33,7 @@ from mlp_experiments.config import (
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
 MODEL_SCHEMAS = {schema._target_: schema for schema in SCHEMAS["model"].values()}
 STATE_DICT = "model_state/state_dict.pt"
-RETRAIN = ("Train the configuration again with tracking.log_model=true, or evaluate a run from a "
-           "store you trust.")
+RETRAIN = "Train the configuration again, or evaluate a run from a store you trust."
 
 
 def parse_arguments(arguments: list[str]) -> dict[str, str]:
@@ -122,8 +121,8 @@ def load_weights(network, client, run_id: str, folder: str) -> None:
         path = client.download_artifacts(run_id, STATE_DICT, folder)
     except (mlflow.exceptions.MlflowException, OSError):
         raise UserError(
-            f"Run {run_id} has no {STATE_DICT} (it was trained with tracking.log_model=false, "
-            f"or it did not finish). {RETRAIN}"
+            f"Run {run_id} has no {STATE_DICT}: it did not finish (runs log their weights "
+            f"when training ends). {RETRAIN}"
         ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -199,6 +198,26 @@ def evaluate(run_id: str, tracking_uri: str, out: Path) -> dict[str, float]:
     logged = client.get_run(run_id).data.metrics.get("test_acc", float("nan"))
     return {"test_acc": float((predictions == labels).mean()), "logged_test_acc": logged,
             "test_examples": len(labels)}
+
+
+def log_run_figures(tracking_uri: str, run_id: str, history: list[dict[str, float]]) -> None:
+    """Draw a finished run's figures from its record (config.yaml, state dict and `history`,
+    its metrics per epoch) and log them to it: those a run trained with tracking.plots=false
+    lacks (a sweep draws them this way for its best trials only)."""
+    import mlflow
+
+    from mlp_experiments import data, recorder, tracking
+
+    client = mlflow.MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = run_config(client, run_id, folder)
+        dataset = data.load_dataset(cfg.data)
+        network = build_network(cfg, dataset)
+        load_weights(network, client, run_id, folder)
+    predictions = None if dataset.regression else predict_test_set(network, dataset, cfg)
+    recorder.log_figures(client, run_id, history,
+                         tracking.dataset_record(dataset, test_examples=True),
+                         None if predictions is None else predictions.tolist())
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -13,17 +13,18 @@ matplotlib.use("Agg")
 
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from torch import nn  # noqa: E402
 
 from mlp_experiments.config import CONF_DIR, compose_config  # noqa: E402
-from mlp_experiments.models import ACTIVATIONS  # noqa: E402
-from mlp_experiments.optim import build_scheduler  # noqa: E402
+
+if TYPE_CHECKING:  # a run's figures need no torch: the recorder process never imports it
+    import torch
+    from torch import nn
 
 METRIC_LABELS = {"loss": "loss (mean per example)", "acc": "accuracy", "rmse": "RMSE"}
 
@@ -95,6 +96,8 @@ def prediction_grid(
 
 def activation_curve(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """f(x) and f'(x) of an elementwise activation, the derivative by autograd."""
+    import torch
+
     x = x.detach().requires_grad_()
     y = module(x)
     (dy,) = torch.autograd.grad(y.sum(), x)
@@ -103,6 +106,10 @@ def activation_curve(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np
 
 def activations_figure() -> Figure:
     """One panel per entry of models.ACTIVATIONS, then the step function the notes show."""
+    import torch
+
+    from mlp_experiments.models import ACTIVATIONS
+
     x = torch.linspace(-6, 6, 601)
     panels = len(ACTIVATIONS) + 1
     columns = 3
@@ -134,6 +141,11 @@ def scheduler_names() -> list[str]:
 
 def learning_rates(scheduler_name: str, epochs: int) -> list[float]:
     """The rate of each epoch for SGD lr 0.1 momentum 0.9, 10 iterations per epoch (note 001)."""
+    import torch
+    from torch import nn
+
+    from mlp_experiments.optim import build_scheduler
+
     cfg = compose_config([f"scheduler={scheduler_name}", f"trainer.epochs={epochs}"])
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
     scheduler = build_scheduler(cfg.scheduler, optimizer)

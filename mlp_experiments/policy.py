@@ -176,14 +176,20 @@ def schema_for(group: str, target: str | None) -> type:
     return TARGET_SCHEMAS.get(target) or ANY_TARGET_SCHEMAS[group]
 
 
+@functools.cache
+def structured(schema: type) -> DictConfig:
+    """The schema as a config, made once per process (merging copies it)."""
+    return OmegaConf.structured(schema)
+
+
 def check_schema(path: str, schema: type, node: DictConfig) -> None:
     """The node merged into its schema, as Hydra merges a group option into its schema: an
     unknown key or a value of the wrong type names itself."""
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node))
+        OmegaConf.merge(structured(schema), OmegaConf.to_container(node))
     except OmegaConfBaseException as error:  # its key and validation errors name the key
         message = str(error).splitlines()[0]
-        keys = ", ".join(k for k in OmegaConf.structured(schema) if not k.startswith("_"))
+        keys = ", ".join(k for k in structured(schema) if not k.startswith("_"))
         raise UserError(
             f"{path}: {message} ({schema.__name__} holds: {keys or 'no settings'})."
         ) from None
@@ -193,13 +199,14 @@ def check_schema(path: str, schema: type, node: DictConfig) -> None:
 
 
 @functools.cache
-def allowed_classes(group: str) -> dict[str, type]:
-    """The allowed classes of a group, imported once per process."""
-    classes = {}
-    for name in ALLOWED_TARGETS[group]:
-        module, _, attribute = name.rpartition(".")
-        classes[name] = getattr(importlib.import_module(module), attribute)
-    return classes
+def allowed_class(name: str) -> type:
+    """An allowed class (a name of ALLOWED_TARGETS), imported once per process."""
+    module, _, attribute = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except AttributeError:  # the lists follow the torch we pin; an older one lacks a class
+        raise UserError(f"{name} does not exist in the installed {module}: choose another "
+                        f"class, or the torch version in uv.lock.") from None
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -215,7 +222,7 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
         raise UserError(f"{group} has no _target_: there is nothing to build.")
     check_keys(OmegaConf.to_container(node, resolve=False), str(group))
     resolved = _locate(target)
-    allowed = allowed_classes(group)[target]
+    allowed = allowed_class(target)
     if resolved is not allowed:
         raise UserError(
             f"{group}._target_={target!r} resolves to {resolved!r}, not to the allowed class "

@@ -28,6 +28,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlp_experiments.config import (
     CONF_DIR,
+    CONFIG_GROUPS,
     UserError,
     check_overrides,
     compose_config,
@@ -35,6 +36,7 @@ from mlp_experiments.config import (
     data_task,
     model_shape,
     register_configs,
+    with_values,
 )
 from mlp_experiments.locks import file_lock, once
 from mlp_experiments.redact import redact
@@ -53,6 +55,7 @@ HEARTBEAT_S, STALE_AFTER_S = 5, 20
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "grid")
+BEST_TRIALS_PLOTTED = 3
 STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
 
 
@@ -215,11 +218,22 @@ def grid_of(distributions: dict[str, Any], variants: dict) -> dict[str, list]:
     return grid
 
 
-def trial_overrides(sweep: DictConfig, training: list[str], params: dict[str, Any]) -> list[str]:
-    overrides = [*sweep.overrides, *training]
+# A trial records its figures only when it is one of the study's best (see plot_best_trials);
+# the sweep's or the command line's `tracking.plots=true` records them for every trial.
+TRIAL_DEFAULTS = ["tracking.plots=false"]
+
+
+def trial_overrides(sweep: DictConfig, training: list[str],
+                    params: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A trial's overrides in two parts: those that may choose config groups (the sweep's, the
+    command line's, its variant's and its searched groups'), then its searched `key=value`s."""
+    composed, values = [*TRIAL_DEFAULTS, *sweep.overrides, *training], []
     for key, value in params.items():
-        overrides += list(sweep.variants[value]) if key == "variant" else [f"{key}={value}"]
-    return overrides
+        if key == "variant":
+            composed += list(sweep.variants[value])
+        else:
+            (composed if key in CONFIG_GROUPS else values).append(f"{key}={value}")
+    return composed, values
 
 
 def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any]) -> None:
@@ -230,9 +244,8 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
     from optuna.distributions import CategoricalDistribution
 
     base = check_overrides([*sweep.overrides, *training])
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     for key, distribution in distributions.items():
-        if key not in groups and OmegaConf.select(base, key, default=MISSING) is MISSING:
+        if key not in CONFIG_GROUPS and OmegaConf.select(base, key, default=MISSING) is MISSING:
             raise UserError(
                 f"space.{key} is not a key of the training config (sections: "
                 f"{', '.join(str(k) for k in base)}); check the spelling."
@@ -245,7 +258,7 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
             )
     for params in corner_params(distributions, sweep.variants):
         try:
-            cfg = check_overrides(trial_overrides(sweep, training, params))
+            cfg = check_overrides(sum(trial_overrides(sweep, training, params), []))
             check_metric(sweep, cfg)
             build_trial(cfg)
         except UserError as error:
@@ -347,8 +360,10 @@ class LostTrial:
             from mlflow import MlflowClient
 
             client = MlflowClient(self.tracking_uri)
-            client.set_tag(run_id, "outcome", "worker_lost")
-            client.set_terminated(run_id, "FAILED")
+            # A worker killed after its run ended (before Optuna heard) left it true already.
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "outcome", "worker_lost")
+                client.set_terminated(run_id, "FAILED")
         # Optuna's retry copies the trial's user attributes: mark which trial it takes over.
         marked = copy.copy(trial)
         marked.user_attrs = {**trial.user_attrs, "resumes": trial.number}
@@ -498,6 +513,7 @@ class Objective:
         self.distributions, self.parent_run_id = distributions, parent_run_id
         self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
         self.release_budget = lambda: None
+        self.composed: dict[tuple[str, ...], DictConfig] = {}  # per choice of config groups
 
     def __call__(self, trial) -> float:
         import optuna
@@ -508,9 +524,9 @@ class Objective:
             params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))}\
                 if self.sweep.variants else {}
             params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
-            overrides = trial_overrides(self.sweep, self.training, params)
-            trial.set_user_attr("overrides", [redact(o) for o in overrides])
-            return self.train(trial, overrides)
+            composed, values = trial_overrides(self.sweep, self.training, params)
+            trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
+            return self.train(trial, self.config(composed, values))
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -522,13 +538,20 @@ class Objective:
             trial.set_user_attr("outcome", "error")
             raise
 
-    def train(self, trial, overrides: list[str]) -> float:
+    def config(self, composed: list[str], values: list[str]) -> DictConfig:
+        """The trial's config: what compose_config([*composed, *values]) gives, with the
+        config tree read once per choice of config groups."""
+        key = tuple(composed)
+        if key not in self.composed:
+            self.composed[key] = compose_config(composed)
+        return with_values(self.composed[key], values)
+
+    def train(self, trial, cfg: DictConfig) -> float:
         import optuna
 
-        from mlp_experiments import data, engine, tracking
+        from mlp_experiments import data, engine
         from mlp_experiments.train import train
 
-        cfg = compose_config(overrides)
         run_hash = config_hash(cfg, data.release_digest(cfg.data))
         trial.set_user_attr("config_hash", run_hash)
         earlier = self.finished_with_hash(trial.study, run_hash)
@@ -540,8 +563,10 @@ class Objective:
         cfg.trainer.resume = resumed_trial(trial) is not None
         run_id = None
         if cfg.tracking.enabled:
+            from mlp_experiments import recorder
+
             run_name = f"{self.sweep.study_name}-{trial.number}"
-            run_id = tracking.create_run(cfg.tracking, run_name, self.parent_run_id)
+            run_id = recorder.create_run(cfg.tracking, run_name, self.parent_run_id)
             trial.set_user_attr("mlflow_run_id", run_id)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -552,6 +577,8 @@ class Objective:
                 raise engine.StopTraining("timeout")
 
         result = train(cfg, hooks=(report,), run_id=run_id)
+        if result.run_id != run_id:  # it had ended before (its lost worker finished it)
+            trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("outcome", result.outcome)
         if result.outcome in ("pruned", "timeout"):
@@ -627,7 +654,6 @@ def preset_yaml(overrides: list[str], comment: str) -> str:
     runs are recorded: tracking settings stay the user's)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     defaults, values = [], OmegaConf.create()
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
@@ -635,7 +661,7 @@ def preset_yaml(overrides: list[str], comment: str) -> str:
             continue
         if key == "experiment":
             defaults.append(f"/experiment/{override.value()}")
-        elif key in groups:
+        elif key in CONFIG_GROUPS:
             defaults.append({f"override /{key}": override.value()})
         else:
             OmegaConf.update(values, key, override.value(), force_add=True)
@@ -691,9 +717,6 @@ def run_sweep(arguments: list[str]):
     check_space(sweep, training, distributions)
     base = compose_config([*sweep.overrides, *training])
     tracking_uri = base.tracking.uri if base.tracking.enabled else None
-
-    from mlp_experiments import tracking
-
     study = open_study(sweep, distributions, tracking_uri)
     kind = "comparison" if sweep.sampler == "grid" else "search"
     study.set_user_attr("kind", kind)
@@ -702,8 +725,10 @@ def run_sweep(arguments: list[str]):
     print_plan(sweep, distributions, study, n_trials, training)
     parent_run_id = None
     if tracking_uri:  # one parent run, also when several commands start at once
+        from mlp_experiments import recorder
+
         with budget_lock(storage_url(sweep), sweep.study_name):
-            parent_run_id = tracking.study_parent_run(base.tracking, study, sweep)
+            parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
     lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
     ended = [t for t in study.get_trials(deepcopy=False)
              if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
@@ -716,6 +741,7 @@ def run_sweep(arguments: list[str]):
     if parent_run_id:
         from mlp_experiments import report
 
+        plot_best_trials(study, kind, tracking_uri)
         report.summarise_in_mlflow(study, sweep, base.tracking, parent_run_id, preset)
     if ended and all(t.user_attrs["outcome"] in ("error", "diverged") for t in ended):
         raise UserError(
@@ -723,6 +749,32 @@ def run_sweep(arguments: list[str]):
             f"in the output above and in each trial's MLflow run."
         )
     return study
+
+
+def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
+    """Draw the figures of the trials that matter once the study ran, from their MLflow records:
+    a search's best BEST_TRIALS_PLOTTED, a comparison's best trial of each variant (the report
+    in the parent run has each variant's mean). Runs that have their figures are left alone."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    from mlp_experiments import evaluate
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("mlflow_run_id") and "reused_from" not in t.user_attrs]
+    trials.sort(key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    if kind == "comparison":
+        best_of_variant = {}
+        for trial in trials:
+            best_of_variant.setdefault(trial.params.get("variant"), trial)
+        chosen = list(best_of_variant.values())
+    else:
+        chosen = trials[:BEST_TRIALS_PLOTTED]
+    client = mlflow.MlflowClient(tracking_uri)
+    for trial in chosen:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        if not client.list_artifacts(run_id, "plots"):
+            evaluate.log_run_figures(tracking_uri, run_id, trial.user_attrs["history"])
 
 
 def past(deadline: float | None) -> bool:

@@ -2,8 +2,15 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
-from mlp_experiments.config import UserError, check_overrides, compose_config, config_hash
+from mlp_experiments.config import (
+    UserError,
+    check_overrides,
+    compose_config,
+    config_hash,
+    with_values,
+)
 
 
 def error_for(*overrides: str) -> str:
@@ -87,3 +94,19 @@ def test_a_typo_on_the_command_line_is_answered_before_torch_is_imported():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "Did you mean 'trainer.epochs'?" in result.stdout
     assert "torch imported: False" in result.stdout
+
+
+@pytest.mark.parametrize("values", [
+    ["optimizer.lr=0.0123", "model.hidden_sizes=[512,256]", "model.dropout=0.25"],
+    ["trainer.seed=7", "regularization.weight_decay=1e-05", "model.activation=tanh"],
+    ["tracking.run_name=a b", "trainer.epochs=3", "optimizer.momentum=0.9"],
+])
+def test_values_applied_to_a_composed_config_give_what_composing_them_gives(values):
+    fixed = ["optimizer=momentum", "scheduler=cosine", "data=synthetic"]
+    fast = with_values(compose_config(fixed), values)
+    assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(compose_config([*fixed, *values]))
+
+
+def test_values_for_a_key_the_config_lacks_are_refused():
+    with pytest.raises(Exception, match="optimizer.lrr"):
+        with_values(compose_config(), ["optimizer.lrr=0.1"])

@@ -117,10 +117,19 @@ def test_device_batches_match_the_notes_to_tensor_and_normalize_path(stats):
 
 def test_synthetic_data_is_deterministic():
     cfg = compose_config(["data=synthetic"]).data
-    first, second = data.load_dataset(cfg), data.load_dataset(cfg)
+    first, second = data.build_dataset(cfg), data.build_dataset(cfg)
     assert torch.equal(first.train[0], second.train[0]) and first.digest == second.digest
     cfg.seed = 1
-    assert data.load_dataset(cfg).digest != first.digest
+    assert data.build_dataset(cfg).digest != first.digest
+
+
+def test_a_dataset_is_built_once_per_process_for_the_same_settings():
+    cfg = compose_config(["data=synthetic", "data.train_size=300"]).data
+    first = data.load_dataset(cfg)
+    assert data.load_dataset(cfg.copy()) is first
+    cfg.val_size = 100
+    other = data.load_dataset(cfg)
+    assert other is not first and len(other.val[0]) == 100
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")

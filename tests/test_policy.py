@@ -44,9 +44,9 @@ def test_the_allow_lists_are_exactly_the_classes_of_their_kind():
         torch.nn, torch.nn.modules.loss._Loss) | own_classes(losses, torch.nn.Module)
     serving = {"mlp_experiments.models.ScratchDropout", "mlp_experiments.models.ServingModel"}
     assert policy.ALLOWED_TARGETS["model"] == own_classes(models, torch.nn.Module) - serving
-    for group in policy.ALLOWED_TARGETS:
-        assert all(inspect.isclass(value) for value in policy.allowed_classes(group).values())
-    assert policy.allowed_classes("optimizer")["mlp_experiments.optim.ScratchSGD"] is ScratchSGD
+    for names in policy.ALLOWED_TARGETS.values():
+        assert all(inspect.isclass(policy.allowed_class(name)) for name in names)
+    assert policy.allowed_class("mlp_experiments.optim.ScratchSGD") is ScratchSGD
 
 
 def test_each_schema_with_a_target_is_the_schema_of_that_target():
@@ -90,7 +90,7 @@ def test_instantiate_compares_the_resolved_object_with_the_allowed_class(monkeyp
     """An allowed name that resolves to another object (a module attribute replaced at run
     time) is refused, and that object is never called."""
     marker = tmp_path / "marker"
-    policy.allowed_classes("model")  # the classes as imported
+    policy.allowed_class("mlp_experiments.models.MLP")  # the class as imported
 
     def impostor(**kwargs):
         marker.mkdir()
@@ -251,3 +251,13 @@ def test_every_value_of_the_sweeper_params_of_a_preset_is_checked(tmp_path):
     check_overrides(["experiment=sweepy"], extra_dir=folder)  # the job of a plain run is fine
     with pytest.raises(UserError, match=r"model.dropout._target_: a config is data"):
         check_command_line(["experiment=sweepy"], extra_dir=folder)
+
+
+def test_an_allowed_class_the_installed_torch_lacks_is_named_not_a_traceback(monkeypatch):
+    policy.allowed_class.cache_clear()
+    monkeypatch.delattr(torch.nn, "HuberLoss")
+    try:
+        with pytest.raises(UserError, match="torch.nn.HuberLoss does not exist in the installed"):
+            policy.allowed_class("torch.nn.HuberLoss")
+    finally:
+        policy.allowed_class.cache_clear()

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -120,6 +121,12 @@ def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file
     # a comparison's best trial is one seed of one variant: no preset
     assert "best_config.yaml" not in {a.path for a in client.list_artifacts(parent)}
     assert not (workdir / "outputs").exists()
+    # the trials draw no figures; the best trial of each variant gets them after the study
+    plotted = {c.info.run_id for c in children if client.list_artifacts(c.info.run_id, "plots")}
+    best = {variant: max((t for t in trials if t.params["variant"] == variant),
+                         key=lambda t: t.value).user_attrs["mlflow_run_id"]
+            for variant in ("sgd", "adam")}
+    assert plotted == set(best.values())
     # running the same command again finds the study complete: no new trial, no new run
     again = sweeps.run_sweep(sweep_file(GRID))
     assert len(again.trials) == 4
@@ -187,6 +194,31 @@ n_trials: 3
     assert [t.value for t in rest] == [first.value] * 2
     runs = child_runs(tracking_uri, request.node.name, study.user_attrs["mlflow_parent_run_id"])
     assert len(runs) == 1
+
+
+def test_a_retried_trial_whose_configuration_had_ended_takes_its_run_and_leaves_no_empty_one(
+        sweep_file, tracking_uri, tmp_path, request):
+    # What a worker killed after its run ended, before Optuna heard, leaves its retry: a
+    # checkpoint that says the configuration ended (here trained by another study).
+    text = """
+study_name: {name}
+space:
+  optimizer.lr: choice(0.1)
+sampler: random
+pruner: none
+n_trials: 1
+"""
+    (first,) = sweeps.run_sweep(sweep_file(text.format(name="tiny_first"))).trials
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    retrying = optuna.create_study(study_name="tiny_retry", storage=storage,
+                                   direction="maximize")
+    retrying.enqueue_trial({"optimizer.lr": 0.1}, user_attrs={"resumes": 0})
+    study = sweeps.run_sweep(sweep_file(text.format(name="tiny_retry")))
+    (retry,) = study.trials
+    assert retry.state == TrialState.COMPLETE and retry.value == first.value
+    assert retry.user_attrs["mlflow_run_id"] == first.user_attrs["mlflow_run_id"]
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert child_runs(tracking_uri, request.node.name, parent) == []  # its empty run deleted
 
 
 def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
@@ -271,3 +303,39 @@ pruner: none
     assert "outcome" not in killed.user_attrs  # failed by the heartbeat, not by itself
     assert retried.params == killed.params
     assert sweeps.counted_trials(study) == 1
+
+
+FIVE_TRIALS = """
+study_name: tiny
+space:
+  optimizer.lr: tag(log, interval(0.01, 0.5))
+  model.hidden_sizes: choice([16], [32])
+sampler: random
+pruner: none
+n_trials: 5
+"""
+
+
+def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking_uri, request):
+    study = sweeps.run_sweep(sweep_file(FIVE_TRIALS))
+    trials = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
+    assert len(trials) == 5
+    client = MlflowClient(tracking_uri)
+    with_figures = [t.number for t in trials
+                    if {a.path for a in client.list_artifacts(t.user_attrs["mlflow_run_id"],
+                                                              "plots")}
+                    == {"plots/learning_curves.png", "plots/confusion_matrix.png",
+                        "plots/predictions.png"}]
+    assert with_figures == [t.number for t in trials[:sweeps.BEST_TRIALS_PLOTTED]]
+    for trial in trials:  # every trial keeps what evaluate and the figures are rebuilt from
+        paths = {a.path for a in client.list_artifacts(trial.user_attrs["mlflow_run_id"])}
+        assert {"config.yaml", "parameters.md", "model_state"} <= paths
+
+
+def test_a_trial_config_is_composed_once_per_choice_of_groups(sweep_file, monkeypatch):
+    composed = []
+    real = sweeps.compose_config
+    monkeypatch.setattr(sweeps, "compose_config", lambda o: composed.append(o) or real(o))
+    sweeps.run_sweep(sweep_file(FIVE_TRIALS, "tracking=none"))
+    trial_compositions = [o for o in composed if "tracking.plots=false" in o]
+    assert len(trial_compositions) == 1  # five trials, one choice of groups

@@ -54,6 +54,16 @@ def test_one_epoch_run_is_read_back_from_mlflow(synthetic_cfg, tracking_uri, req
     assert model(torch.zeros(2, 28, 28)).shape == (2, 10)  # raw pixels in, probabilities out
 
 
+def test_a_run_keeps_its_weights_and_logs_figures_and_served_model_as_asked(
+        synthetic_cfg, tracking_uri, request):
+    train(synthetic_cfg("tracking.plots=false"))  # and tracking.log_model=false, the default
+    client, (run,) = only_run(tracking_uri, request.node.name)
+    artifacts = set(artifact_paths(client, run.info.run_id))
+    assert {"config.yaml", "parameters.md", "model_state/state_dict.pt"} <= artifacts
+    assert not [path for path in artifacts if path.startswith("plots/")]
+    assert not client.search_logged_models([run.info.experiment_id])
+
+
 def test_a_resumed_run_continues_the_same_mlflow_run(synthetic_cfg, tracking_uri, request):
     def stop_after_epoch_2(epoch, metrics):
         if epoch == 2:
@@ -108,3 +118,55 @@ def test_runs_with_the_same_seed_get_distinct_names(synthetic_cfg, tracking_uri,
         train(synthetic_cfg(f"optimizer.lr={lr}", "trainer.seed=0"))
     _, runs = only_run(tracking_uri, request.node.name)
     assert len({run.info.run_name for run in runs}) == 3
+
+
+def test_an_untracked_run_never_imports_mlflow_or_matplotlib(workdir):
+    script = (
+        "import sys\n"
+        "from mlp_experiments.config import compose_config\n"
+        "from mlp_experiments.train import train\n"
+        "train(compose_config(['data=synthetic', 'trainer.epochs=1', 'tracking=none']))\n"
+        "print(sorted(m for m in ('mlflow', 'matplotlib') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_fresh_process_records_through_its_own_recorder_process(workdir):
+    """MLflow is imported by the recorder process only; the run has everything a run has."""
+    uri = f"sqlite:///{workdir / 'own.db'}"
+    script = (
+        "import sys\n"
+        "from mlp_experiments.config import compose_config\n"
+        "from mlp_experiments.train import train\n"
+        f"train(compose_config(['data=synthetic', 'trainer.epochs=2', 'tracking.uri={uri}']))\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, cwd=workdir)
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    client, (run,) = only_run(uri, "mlp-experiments")
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+    assert {"config.yaml", "parameters.md", "model_state/state_dict.pt",
+            "plots/learning_curves.png", "plots/confusion_matrix.png",
+            "plots/predictions.png"} <= set(artifact_paths(client, run.info.run_id))
+    assert len(client.get_run(run.info.run_id).inputs.dataset_inputs) == 3
+
+
+def test_the_recorder_answers_each_call_with_its_result_or_its_kind_of_error(workdir):
+    import io
+    import json
+
+    from mlp_experiments import recorder
+
+    calls = [{"call": "open", "arguments": {"cfg": {
+                  "uri": f"sqlite:///{workdir / 'r.db'}", "experiment": "e", "run_name": None,
+                  "plots": False, "log_model": False, "system_metrics": False}}},
+             {"call": "log_epoch", "arguments": {"epoch": 1}}]
+    replies = io.StringIO()
+    recorder.serve(io.StringIO("".join(json.dumps(c) + "\n" for c in calls)), replies)
+    opened, bad = (json.loads(line) for line in replies.getvalue().splitlines())
+    assert opened == {"ok": None}
+    assert bad["kind"] == "other" and "metrics" in bad["error"]
