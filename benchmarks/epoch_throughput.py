@@ -20,7 +20,7 @@ import time
 import torch
 
 from mlp_experiments import data, engine
-from mlp_experiments.config import compose_config
+from mlp_experiments.config.compose import compose_config
 from mlp_experiments.losses import Scoring
 from mlp_experiments.models import MLP
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlp_experiments.sweep import run_sweep
+from mlp_experiments.sweep.command import run_sweep
 
 # The sweeps run in a throw-away working directory (their best presets): the data stays where
 # the default data.root finds it from the directory the benchmark started in.

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlp_experiments import sweep as sweeps
+from mlp_experiments.sweep import command
 
 GRID = """
 study_name: {name}
@@ -36,7 +36,7 @@ def fixed_costs(folder: Path, name: str, trials: int, tracking: list[str]) -> tu
     """(fixed cost of each trial, the command's wall seconds per trial)."""
     (folder / f"{name}.yaml").write_text(GRID.format(name=name, trials=trials))
     started = time.perf_counter()
-    study = sweeps.run_sweep([
+    study = command.run_sweep([
         f"sweep={folder / f'{name}.yaml'}", f"sweep.storage=sqlite:///{folder / 'optuna.db'}",
         "data=synthetic", "trainer.epochs=1", f"trainer.checkpoint_dir={folder / 'checkpoints'}",
         *tracking,

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlp_experiments import sweep as sweeps
+from mlp_experiments.sweep import command
 
 # The sweeps run in a throw-away working directory (their best presets): the data stays where
 # the default data.root finds it from the directory the benchmark started in.
@@ -27,7 +27,7 @@ DATA_ROOT = Path("data").resolve()
 
 def run(workers: int, trials: int, epochs: int, folder: Path, extra: list[str]) -> dict:
     started = time.perf_counter()
-    study = sweeps.run_sweep([
+    study = command.run_sweep([
         "sweep=search_mlp", f"sweep.study_name=workers_{workers}", f"sweep.n_workers={workers}",
         f"sweep.n_trials={trials}", f"sweep.storage=sqlite:///{folder / f'optuna_{workers}.db'}",
         f"trainer.epochs={epochs}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",

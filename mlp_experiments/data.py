@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 
 SPLIT_FILES = {  # split -> (images, labels)
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

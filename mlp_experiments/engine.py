@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mlp_experiments import locks
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 from mlp_experiments.losses import Scoring, predict_classes
 
 EpochHook = Callable[[int, dict[str, float]], None]

@@ -19,16 +19,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mlp_experiments.config import (
+from mlp_experiments.config.checks import model_shape, validate
+from mlp_experiments.config.schemas import (
     SCHEMAS,
     DatasetName,
     TrackingConfig,
-    UserError,
     data_schema,
-    model_shape,
     register_configs,
-    validate,
 )
+from mlp_experiments.errors import UserError
 
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
 MODEL_SCHEMAS = {schema._target_: schema for schema in SCHEMAS["model"].values()}
@@ -103,7 +102,7 @@ def build_network(cfg: DictConfig, dataset):
     """The run's network, untrained, built as `train` builds it."""
     from hydra.errors import InstantiationException
 
-    from mlp_experiments.policy import instantiate
+    from mlp_experiments.config.policy import instantiate
     try:
         return instantiate(cfg.model, in_features=dataset.in_features,
                            num_outputs=model_shape(cfg)[1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

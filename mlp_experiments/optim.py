@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlp_experiments import policy
+from mlp_experiments.config import policy
 from mlp_experiments.losses import is_penalized
 
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mlp_experiments.config import CONF_DIR, compose_config  # noqa: E402
+from mlp_experiments.config.compose import CONF_DIR, compose_config
 
 if TYPE_CHECKING:  # a run's figures need no torch: the recorder process never imports it
     import torch

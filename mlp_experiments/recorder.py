@@ -28,7 +28,8 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import locks
-from mlp_experiments.config import UserError, flatten
+from mlp_experiments.config.identity import flatten
+from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 from mlp_experiments.tracking import check_server, git_commit
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 
 

@@ -20,18 +20,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments.config import (
-    CONF_DIR,
-    PROBABILITY_MODELS,
-    UserError,
-    check_command_line,
-    compose_config,
-    config_hash,
-    data_task,
-    model_shape,
-    register_configs,
-    validate,
-)
+from mlp_experiments.config.checks import PROBABILITY_MODELS, data_task, model_shape, validate
+from mlp_experiments.config.compose import CONF_DIR, check_command_line, compose_config
+from mlp_experiments.config.identity import config_hash
+from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 
 log = logging.getLogger("mlp_experiments")
@@ -166,7 +159,7 @@ class Setup:
 
 def build(cfg: DictConfig, dataset, device) -> Setup:
     from mlp_experiments import data, engine, losses, optim
-    from mlp_experiments.policy import instantiate
+    from mlp_experiments.config.policy import instantiate
 
     model = instantiate(cfg.model, in_features=dataset.in_features,
                         num_outputs=model_shape(cfg)[1]).to(device)

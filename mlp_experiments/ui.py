@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from mlp_experiments.config import TrackingConfig, UserError
+from mlp_experiments.config.schemas import TrackingConfig
+from mlp_experiments.errors import UserError
 
 DEFAULTS = {"port": "5000", "dashboard_port": "8080", "host": "127.0.0.1",
             "tracking.uri": os.environ.get("MLFLOW_TRACKING_URI", TrackingConfig.uri),

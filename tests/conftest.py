@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlp_experiments.config import compose_config
+from mlp_experiments.config.compose import compose_config
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -87,8 +87,9 @@ def store(tmp_path_factory) -> Store:
     (children of the sweep's parent run), and the sweep's Optuna SQLite storage."""
     from mlflow import MlflowClient
 
-    from mlp_experiments import sweep as sweeps
-    from mlp_experiments.config import compose_config
+    from mlp_experiments.config.compose import compose_config
+    from mlp_experiments.sweep import spec
+    from mlp_experiments.sweep.command import run_sweep
     from mlp_experiments.train import train
 
     folder = tmp_path_factory.mktemp("browser")
@@ -100,11 +101,11 @@ def store(tmp_path_factory) -> Store:
     (folder / "sweeps" / "browser.yaml").write_text(SWEEP)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # the new experiment's artifacts go to <folder>/mlruns
-        patch.setattr(sweeps, "SWEEPS_DIR", folder / "sweeps")
+        patch.setattr(spec, "SWEEPS_DIR", folder / "sweeps")
         for name, overrides in RUNS.items():
             result = train(compose_config([*common, *overrides, f"tracking.run_name={name}"]))
             assert result.outcome == "completed"
-        study = sweeps.run_sweep(["sweep=browser", f"sweep.storage={store.storage}", *common,
+        study = run_sweep(["sweep=browser", f"sweep.storage={store.storage}", *common,
                                   "trainer.epochs=2"])
     assert len(study.trials) == 2
 

@@ -4,13 +4,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from mlp_experiments.config import (
-    UserError,
-    check_overrides,
-    compose_config,
-    config_hash,
-    with_values,
-)
+from mlp_experiments.config.compose import check_overrides, compose_config, with_values
+from mlp_experiments.config.identity import config_hash
+from mlp_experiments.errors import UserError
 
 
 def error_for(*overrides: str) -> str:

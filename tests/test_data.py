@@ -6,7 +6,8 @@ import torch
 from conftest import FASHION_DIR, write_idx, write_tiny_release
 
 from mlp_experiments import data
-from mlp_experiments.config import UserError, compose_config
+from mlp_experiments.config.compose import compose_config
+from mlp_experiments.errors import UserError
 
 
 def test_read_idx_round_trip_gzipped_and_plain(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from conftest import FASHION_DIR
 from mlflow import MlflowClient
 
-from mlp_experiments.config import compose_config
+from mlp_experiments.config.compose import compose_config
 from mlp_experiments.train import train
 
 pytestmark = [

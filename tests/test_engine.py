@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mlp_experiments import engine
-from mlp_experiments.config import compose_config
+from mlp_experiments.config.compose import compose_config
 from mlp_experiments.models import MLP
 from mlp_experiments.optim import build_optimizer, build_scheduler, parameter_groups
 from mlp_experiments.train import train

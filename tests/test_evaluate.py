@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from mlp_experiments import evaluate
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 from mlp_experiments.train import train
 
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"

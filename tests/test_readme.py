@@ -38,9 +38,12 @@ from conftest import (
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp_experiments import evaluate, report
-from mlp_experiments import sweep as sweeps
-from mlp_experiments.config import DatasetName, compose_config, config_hash
+from mlp_experiments import evaluate
+from mlp_experiments.config.compose import compose_config
+from mlp_experiments.config.identity import config_hash
+from mlp_experiments.config.schemas import DatasetName
+from mlp_experiments.sweep import presets, spec
+from mlp_experiments.sweep import study as studies
 
 pytestmark = pytest.mark.e2e
 
@@ -107,9 +110,9 @@ def jobs(command: Command) -> int:
 
 def sweep_of(command: Command):
     """(the sweep's settings, its training overrides) of a sweep or report command."""
-    _, arguments = report.split_output(list(command.arguments))
-    name, sweep_overrides, training = sweeps.split_arguments(arguments)
-    return sweeps.load_sweep(name, sweep_overrides), training
+    _, arguments = command.split_output(list(command.arguments))
+    name, sweep_overrides, training = spec.split_arguments(arguments)
+    return spec.load_sweep(name, sweep_overrides), training
 
 
 def study_of(command: Command) -> str:
@@ -137,7 +140,7 @@ def dependencies(command: Command) -> list[Command]:
         experiment = [o.value() for o in parsed_overrides(command)
                       if o.key_or_group == "experiment"]
         needed += writers(command,
-                          lambda sweep: sweeps.best_preset_name(study_of(sweep)) in experiment)
+                          lambda sweep: presets.best_preset_name(study_of(sweep)) in experiment)
     return needed
 
 
@@ -235,7 +238,7 @@ class Workspace:
 
     def storage(self, sweep) -> str:
         """The sweep's storage URL, a relative SQLite path taken from this working directory."""
-        url = sweeps.storage_url(sweep)
+        url = spec.storage_url(sweep)
         if url.startswith("sqlite:///"):
             return f"sqlite:///{self.folder / url.removeprefix('sqlite:///')}"
         return url
@@ -315,21 +318,21 @@ def check_sweep(workspace: Workspace, command: Command) -> None:
     output = succeeded(workspace.result(command))
     sweep, _ = sweep_of(command)
     study = optuna.load_study(study_name=sweep.study_name, storage=workspace.storage(sweep))
-    assert sweeps.counted_trials(study) == 2  # sweep.n_trials=2; a second command resumes
+    assert studies.counted_trials(study) == 2  # sweep.n_trials=2; a second command resumes
     parent = workspace.client.get_run(study.user_attrs["mlflow_parent_run_id"])
     trials = workspace.client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(trials) == len([t for t in study.trials if "reused_from" not in t.user_attrs])
     if study.user_attrs["kind"] == "search":
-        preset = workspace.folder / sweeps.best_preset_path(sweep.study_name)
+        preset = workspace.folder / presets.best_preset_path(sweep.study_name)
         assert preset.read_text().startswith("# @package _global_")
-        assert f"train it: {sweeps.best_preset_command(sweep.study_name)}" in output
+        assert f"train it: {presets.best_preset_command(sweep.study_name)}" in output
 
 
 def check_report(workspace: Workspace, command: Command) -> None:
     process = workspace.result(command)
     succeeded(process)
-    folder, _ = report.split_output(list(command.arguments))
+    folder, _ = command.split_output(list(command.arguments))
     sweep, _ = sweep_of(command)
     path = folder / sweep.study_name / "report.md"
     assert process.stdout.splitlines()[0] == str(path)

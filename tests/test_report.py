@@ -8,8 +8,10 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from mlp_experiments import report
-from mlp_experiments.sweep import SweepConfig, load_sweep, write_best_preset
+from mlp_experiments.report import command, stats, trials
+from mlp_experiments.report.markdown import importances_section, interval, write_report
+from mlp_experiments.sweep.presets import write_best_preset
+from mlp_experiments.sweep.spec import SweepConfig, load_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T_975_DF2 = 4.302653  # Student's t 97.5% quantile, 2 degrees of freedom
@@ -46,7 +48,7 @@ def assert_png(path):
 
 
 def test_summarise_known_values():
-    summary = report.summarise([0.80, 0.82, 0.84])
+    summary = stats.summarise([0.80, 0.82, 0.84])
     assert summary.n == 3
     assert summary.mean == pytest.approx(0.82)
     assert summary.std == pytest.approx(0.02)
@@ -54,15 +56,15 @@ def test_summarise_known_values():
 
 
 def test_summarise_one_value_has_no_interval():
-    summary = report.summarise([0.9])
+    summary = stats.summarise([0.9])
     assert (summary.n, summary.mean) == (1, 0.9)
     assert math.isnan(summary.std) and math.isnan(summary.ci95)
-    assert report.interval(summary) == "undefined (n = 1)"
+    assert interval(summary) == "undefined (n = 1)"
 
 
 def test_within_noise_separated_samples_match_the_closed_form():
     a, b = [0.80, 0.82], [0.70, 0.72]
-    same, p = report.within_noise(a, b)
+    same, p = stats.within_noise(a, b)
     # Equal sizes and variances: Welch's df is 2, where the t CDF is 1/2 + t / (2 sqrt(2 + t^2)).
     t = 0.10 / math.sqrt(0.0002 / 2 + 0.0002 / 2)
     assert same is False
@@ -71,7 +73,7 @@ def test_within_noise_separated_samples_match_the_closed_form():
 
 
 def test_within_noise_overlapping_samples():
-    same, p = report.within_noise([0.80, 0.82, 0.84], [0.81, 0.83, 0.80])
+    same, p = stats.within_noise([0.80, 0.82, 0.84], [0.81, 0.83, 0.80])
     assert same is True
     assert p > 0.5
 
@@ -79,12 +81,12 @@ def test_within_noise_overlapping_samples():
 @pytest.mark.parametrize(("a", "b"), [([0.8], [0.7, 0.75]), ([0.8, 0.8], [0.7, 0.7])],
                          ids=["one-seed", "no-spread"])
 def test_within_noise_cannot_judge(a, b):
-    same, p = report.within_noise(a, b)
+    same, p = stats.within_noise(a, b)
     assert same is None and math.isnan(p)
 
 
 def test_mean_curve_averages_the_runs_that_reached_each_epoch():
-    epochs, mean, std = report.mean_curve(
+    epochs, mean, std = trials.mean_curve(
         [[{"v": 1.0}, {"v": 3.0}], [{"v": 3.0}, {"v": 5.0}, {"v": 7.0}]], "v")
     assert list(epochs) == [1, 2, 3]
     assert list(mean) == pytest.approx([2.0, 4.0, 7.0])
@@ -137,7 +139,7 @@ def table_row(markdown: str, variant: str) -> list[str]:
 
 
 def test_comparison_report(tmp_path):
-    path = report.write_report(comparison_study(), comparison_sweep(), tmp_path)
+    path = write_report(comparison_study(), comparison_sweep(), tmp_path)
     markdown = path.read_text()
 
     rows = [line for line in markdown.splitlines() if line.startswith("| `")]
@@ -170,7 +172,7 @@ def test_comparison_with_one_seed_cannot_be_judged(tmp_path):
     for name, value in (("a", 0.9), ("b", 0.8)):
         add(study, value=value, params={"variant": name}, distributions=distributions,
             hist=history([value], value), outcome="completed")
-    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
     assert "`a` against `b` cannot be judged" in markdown
     assert "(1 seed each)" in markdown
     assert "undefined (n = 1)" in markdown
@@ -185,7 +187,7 @@ def test_comparison_that_minimises_puts_the_lowest_first(tmp_path):
         for seed in range(2):
             add(study, value=value + seed / 100, params={"variant": name, "trainer.seed": seed},
                 distributions=distributions, hist=history([0.5], 0.5), outcome="completed")
-    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
     assert markdown.index("| `low` |") < markdown.index("| `high` |")
     assert "lowest first" in markdown
 
@@ -203,7 +205,7 @@ def test_regression_comparison_judges_by_lower_rmse(tmp_path):
                 value=rmse, params={"variant": name, "trainer.seed": seed},
                 distributions=distributions, user_attrs={"outcome": "completed", "history": [
                     {"val_rmse": rmse, "val_mae": rmse, "test_rmse": rmse, "test_mae": rmse}]}))
-    markdown = report.write_report(study, comparison_sweep(), tmp_path).read_text()
+    markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
     assert markdown.index("| `small` |") < markdown.index("| `big` |")
     assert "| test RMSE |" in markdown
     assert "`small` beats `big` by 1 in test RMSE" in markdown
@@ -238,7 +240,7 @@ def search_study(values=(0.81, 0.86, 0.79, 0.90, 0.84, 0.83), name=None, storage
 
 def test_search_report(tmp_path):
     sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
-    markdown = report.write_report(search_study(), sweep, tmp_path).read_text()
+    markdown = write_report(search_study(), sweep, tmp_path).read_text()
     lines = markdown.splitlines()
     top = lines.index("## Top 6 trials")
     assert lines[top + 2].startswith("| rank | trial | val_acc |")
@@ -268,7 +270,7 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
     add(study, value=0.95, params=best.params, distributions=SEARCH_DISTRIBUTIONS,
         hist=history([0.95, 0.1], 0.1), outcome="diverged", overrides=["optimizer.lr=1.0"])
     write_best_preset(study, tmp_sweep)  # from Optuna's best trial: the diverged one
-    markdown = report.write_report(study, tmp_sweep, tmp_path).read_text()
+    markdown = write_report(study, tmp_sweep, tmp_path).read_text()
     assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
     assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
     assert ("The same configuration as a preset: `python -m mlp_experiments.train "
@@ -278,7 +280,7 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
 
 def test_search_report_explains_missing_importances(tmp_path):
     sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
-    markdown = report.write_report(search_study(values=(0.8,)), sweep, tmp_path).read_text()
+    markdown = write_report(search_study(values=(0.8,)), sweep, tmp_path).read_text()
     assert ("No parameter importances: they need at least 2 completed trials; this study has 1."
             in markdown)
     assert not (tmp_path / "importances.png").exists()
@@ -293,14 +295,14 @@ def test_importances_leave_out_a_parameter_that_never_changed(tmp_path):
         add(study, value=0.8 + index / 100, distributions=distributions,
             params={"optimizer.lr": 0.1 * (index + 1), "model.dropout": 0.2},
             hist=history([0.8], 0.8), outcome="completed", overrides=[])
-    lines = report.importances_section(study, "val_acc", tmp_path)
+    lines = importances_section(study, "val_acc", tmp_path)
     assert "| `optimizer.lr` | 1.000 |" in lines
     assert "Left out (one value only): `model.dropout`." in lines
 
 
 def test_search_without_completed_trials(tmp_path):
     sweep = load_sweep("search_mlp", ["study_name=pytest_search_report"])
-    markdown = report.write_report(search_study(values=()), sweep, tmp_path).read_text()
+    markdown = write_report(search_study(values=()), sweep, tmp_path).read_text()
     assert "1 trials: 1 pruned." in markdown
     assert "No trial completed" in markdown
 
@@ -310,7 +312,7 @@ def test_search_without_completed_trials(tmp_path):
 
 def test_cli_missing_storage_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
-        report.main(["sweep=search_mlp", f"sweep.storage=sqlite:///{tmp_path}/none.db"])
+        command.main(["sweep=search_mlp", f"sweep.storage=sqlite:///{tmp_path}/none.db"])
     message = str(raised.value)
     assert message.startswith("error: No study 'search_mlp'")
     assert "python -m mlp_experiments.sweep sweep=search_mlp" in message
@@ -321,7 +323,7 @@ def test_cli_study_missing_from_an_existing_storage(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     optuna.create_study(study_name="another_study", storage=storage)
     with pytest.raises(SystemExit, match="python -m mlp_experiments.sweep sweep=search_mlp"):
-        report.main(["sweep=search_mlp", f"sweep.storage={storage}"])
+        command.main(["sweep=search_mlp", f"sweep.storage={storage}"])
 
 
 @pytest.fixture
@@ -340,7 +342,7 @@ def test_cli_writes_the_report_and_logs_it(tmp_path, tracking_uri, parent_run, c
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = search_study(name="pytest_cli_study", storage=storage)
     study.set_user_attr("mlflow_parent_run_id", run_id)
-    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+    command.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
                  f"sweep.storage={storage}", f"out={tmp_path / 'docs'}",
                  f"tracking.uri={tracking_uri}"])
     path = tmp_path / "docs" / "pytest_cli_study" / "report.md"
@@ -354,7 +356,7 @@ def test_cli_writes_the_report_and_logs_it(tmp_path, tracking_uri, parent_run, c
 def test_cli_writes_under_the_working_directory_by_default(workdir):
     storage = f"sqlite:///{workdir}/optuna.db"
     search_study(name="pytest_cli_study", storage=storage)
-    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+    command.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
                  f"sweep.storage={storage}", "tracking=none"])
     assert (workdir / "outputs" / "reports" / "pytest_cli_study" / "report.md").is_file()
 
@@ -364,7 +366,7 @@ def test_cli_skips_mlflow_when_tracking_is_off(tmp_path, parent_run, capsys):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = search_study(name="pytest_cli_study", storage=storage)
     study.set_user_attr("mlflow_parent_run_id", run_id)
-    report.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
+    command.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
                  f"sweep.storage={storage}", f"out={tmp_path}", "tracking=none"])
     assert (tmp_path / "pytest_cli_study" / "report.md").is_file()
     assert client.list_artifacts(run_id) == []
@@ -386,7 +388,7 @@ def test_summarise_in_mlflow(tmp_path, tracking_uri, parent_run, tmp_sweep):
     study = search_study()
     tracking_cfg = OmegaConf.create({"uri": tracking_uri})
     preset = write_best_preset(study, tmp_sweep)
-    report.summarise_in_mlflow(study, tmp_sweep, tracking_cfg, run_id, preset)
+    command.summarise_in_mlflow(study, tmp_sweep, tracking_cfg, run_id, preset)
 
     assert {a.path for a in client.list_artifacts(run_id)} == {
         "report", "trials.csv", "best_config.yaml"}
@@ -409,7 +411,7 @@ def test_summarise_in_mlflow(tmp_path, tracking_uri, parent_run, tmp_sweep):
 
 def test_summarise_in_mlflow_without_completed_trials(tracking_uri, parent_run, tmp_sweep):
     client, run_id = parent_run
-    report.summarise_in_mlflow(search_study(values=()), tmp_sweep,
+    command.summarise_in_mlflow(search_study(values=()), tmp_sweep,
                                OmegaConf.create({"uri": tracking_uri}), run_id)
     assert {a.path for a in client.list_artifacts(run_id)} == {"report", "trials.csv"}
     assert client.get_run(run_id).data.metrics == {}

@@ -18,7 +18,7 @@ from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from mlp_experiments.config import CONF_DIR
+from mlp_experiments.config.compose import CONF_DIR
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = pytest.mark.skipif(not PG_BIN, reason="apt-get install postgresql")

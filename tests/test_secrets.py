@@ -6,8 +6,8 @@ import optuna
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp_experiments import sweep as sweeps
 from mlp_experiments.redact import redact
+from mlp_experiments.sweep import command, spec
 from mlp_experiments.train import train
 
 SECRET_URL = "postgresql+psycopg://mlp:s3cr%40t@db.example:5432/optuna"
@@ -25,12 +25,12 @@ def test_redact_masks_the_password_of_any_url_in_any_text():
 
 def test_the_sweep_plan_prints_no_password(capsys, monkeypatch):
     monkeypatch.setenv("OPTUNA_STORAGE", SECRET_URL)
-    sweep = OmegaConf.merge(OmegaConf.structured(sweeps.SweepConfig),
+    sweep = OmegaConf.merge(OmegaConf.structured(spec.SweepConfig),
                             {"study_name": "s", "space": {"optimizer.lr": "choice(0.1,0.2)"},
                              "n_trials": 2})
-    distributions = sweeps.parse_space(sweep.space)
-    assert sweeps.storage_url(sweep) == SECRET_URL  # the environment names the storage
-    sweeps.print_plan(sweep, distributions, optuna.create_study(), 2,
+    distributions = spec.parse_space(sweep.space)
+    assert spec.storage_url(sweep) == SECRET_URL  # the environment names the storage
+    command.print_plan(sweep, distributions, optuna.create_study(), 2,
                       ["tracking.uri=http://u:pw2@h:5000"])
     printed = capsys.readouterr().out
     assert "s3cr" not in printed and "pw2" not in printed and "mlp:***@db.example" in printed

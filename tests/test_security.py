@@ -226,7 +226,8 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_VALUES)
 def test_a_bad_value_gets_its_message(overrides, message):
-    from mlp_experiments.config import UserError, check_overrides
+    from mlp_experiments.config.compose import check_overrides
+    from mlp_experiments.errors import UserError
 
     with pytest.raises(UserError) as error:
         check_overrides(overrides)
@@ -236,7 +237,8 @@ def test_a_bad_value_gets_its_message(overrides, message):
 def test_bad_values_are_answered_before_torch_is_imported(tmp_path):
     script = textwrap.dedent(f"""\
         import sys
-        from mlp_experiments.config import UserError, check_overrides
+        from mlp_experiments.config.compose import check_overrides
+        from mlp_experiments.errors import UserError
         for overrides, message in {BAD_VALUES!r}:
             try:
                 check_overrides(overrides)
@@ -256,7 +258,8 @@ def test_a_label_outside_the_classes_gives_a_message_not_an_index_error(tmp_path
     from conftest import write_idx, write_tiny_release
 
     from mlp_experiments import data
-    from mlp_experiments.config import UserError, compose_config
+    from mlp_experiments.config.compose import compose_config
+    from mlp_experiments.errors import UserError
 
     write_tiny_release(tmp_path)
     labels = tmp_path / "train-labels-idx1-ubyte.gz"
@@ -292,22 +295,22 @@ pruner: median
     ],
 )
 def test_bad_sweep_settings_fail_the_plan(tmp_path, setting, message):
-    from mlp_experiments import sweep as sweeps
-    from mlp_experiments.config import UserError
+    from mlp_experiments.errors import UserError
+    from mlp_experiments.sweep import spec
 
     path = write_yaml(tmp_path / "tiny.yaml", TINY_SEARCH)
     with pytest.raises(UserError) as error:
-        name, sweep_overrides, training = sweeps.split_arguments([f"sweep={path}", setting,
+        name, sweep_overrides, training = spec.split_arguments([f"sweep={path}", setting,
                                                                   *QUICK])
-        sweep = sweeps.load_sweep(name, sweep_overrides)
-        sweeps.check_space(sweep, training, sweeps.parse_space(sweep.space))
+        sweep = spec.load_sweep(name, sweep_overrides)
+        spec.check_space(sweep, training, spec.parse_space(sweep.space))
     assert message in str(error.value)
     assert "secret" not in str(error.value)
 
 
 def test_a_trial_that_cannot_be_built_fails_the_plan(tmp_path):
-    from mlp_experiments import sweep as sweeps
-    from mlp_experiments.config import UserError
+    from mlp_experiments.errors import UserError
+    from mlp_experiments.sweep import spec
 
     path = write_yaml(tmp_path / "tiny.yaml", """\
         study_name: tiny
@@ -315,10 +318,10 @@ def test_a_trial_that_cannot_be_built_fails_the_plan(tmp_path):
           optimizer.momentum: choice(0.0, -0.5)
         sampler: grid
         """)
-    sweep = sweeps.load_sweep(str(path), [])
+    sweep = spec.load_sweep(str(path), [])
     with pytest.raises(UserError, match=r"The trial \{'optimizer.momentum': -0.5\}: it cannot "
                                         r"be built: .*Invalid momentum value: -0.5"):
-        sweeps.check_space(sweep, QUICK, sweeps.parse_space(sweep.space))
+        spec.check_space(sweep, QUICK, spec.parse_space(sweep.space))
 
 
 # ---------------------------------------------------------------------------- Hydra's flags
@@ -358,7 +361,7 @@ def test_a_config_dir_adds_presets(tmp_path):
 
 
 def test_a_config_path_replaces_the_config_folder_and_is_checked(tmp_path):
-    from mlp_experiments.config import CONF_DIR
+    from mlp_experiments.config.compose import CONF_DIR
 
     shutil.copytree(CONF_DIR, tmp_path / "conf")
     result = command("train", "-cp", str(tmp_path / "conf"), "--cfg", "job", cwd=tmp_path)

@@ -8,8 +8,12 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from mlp_experiments import sweep as sweeps
-from mlp_experiments.config import UserError, compose_config, config_hash
+from mlp_experiments.config.compose import CONF_DIR, compose_config
+from mlp_experiments.config.identity import config_hash
+from mlp_experiments.errors import UserError
+from mlp_experiments.sweep import spec, worker
+from mlp_experiments.sweep import study as studies
+from mlp_experiments.sweep.command import BEST_TRIALS_PLOTTED, run_sweep
 
 FAST = ["data=synthetic", "trainer.epochs=2", "trainer.device=cpu", "tracking.log_model=false"]
 
@@ -21,7 +25,7 @@ def sweep_file(tmp_path, monkeypatch, workdir, tracking_uri, request):
     working directory is the temporary folder: a search's best preset goes there."""
     folder = tmp_path / "sweeps"
     folder.mkdir()
-    monkeypatch.setattr(sweeps, "SWEEPS_DIR", folder)
+    monkeypatch.setattr(spec, "SWEEPS_DIR", folder)
 
     def write(text: str, *extra: str) -> list[str]:
         (folder / "tiny.yaml").write_text(text)
@@ -59,33 +63,33 @@ def child_runs(tracking_uri, experiment_name, parent_run_id):
     ],
 )
 def test_hydra_sweep_grammar_maps_to_optuna_distributions(expression, expected):
-    assert sweeps.parse_space({"key": expression}) == {"key": expected}
+    assert spec.parse_space({"key": expression}) == {"key": expected}
 
 
 @pytest.mark.parametrize("expression", ["0.1", "glob(*)", "interval(0.1"])
 def test_expressions_we_cannot_map_fail_clearly(expression):
     with pytest.raises(UserError, match="space.key"):
-        sweeps.parse_space({"key": expression})
+        spec.parse_space({"key": expression})
 
 
 def test_a_typo_in_the_space_fails_before_any_trial():
-    sweep = sweeps.load_sweep("search_mlp", ["space={optimizer.lrr: 'interval(0.1, 1.0)'}"])
+    sweep = spec.load_sweep("search_mlp", ["space={optimizer.lrr: 'interval(0.1, 1.0)'}"])
     with pytest.raises(UserError, match="space.optimizer.lrr is not a key"):
-        sweeps.check_space(sweep, [], sweeps.parse_space(sweep.space))
+        spec.check_space(sweep, [], spec.parse_space(sweep.space))
 
 
 def test_a_learning_rate_on_a_linear_scale_is_refused():
-    sweep = sweeps.load_sweep("search_mlp", ["space={optimizer.lr: 'interval(0.001, 1.0)'}"])
+    sweep = spec.load_sweep("search_mlp", ["space={optimizer.lr: 'interval(0.001, 1.0)'}"])
     with pytest.raises(UserError, match="log scale"):
-        sweeps.check_space(sweep, [], sweeps.parse_space(sweep.space))
+        spec.check_space(sweep, [], spec.parse_space(sweep.space))
 
 
 def test_every_shipped_sweep_plans_cleanly():
-    for path in sorted(sweeps.SWEEPS_DIR.glob("*.yaml")):
-        sweep = sweeps.load_sweep(path.stem, [])
-        distributions = sweeps.parse_space(sweep.space)
-        sweeps.check_space(sweep, [], distributions)
-        assert sweeps.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
+    for path in sorted(spec.SWEEPS_DIR.glob("*.yaml")):
+        sweep = spec.load_sweep(path.stem, [])
+        distributions = spec.parse_space(sweep.space)
+        spec.check_space(sweep, [], distributions)
+        assert spec.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
 
 
 # ---------------------------------------------------------------------------- running sweeps
@@ -104,7 +108,7 @@ pruner: none
 
 def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file, tracking_uri,
                                                                        request, workdir):
-    study = sweeps.run_sweep(sweep_file(GRID))
+    study = run_sweep(sweep_file(GRID))
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     cells = {(t.params["variant"], t.params["trainer.seed"]) for t in trials}
     assert cells == {("sgd", 0), ("sgd", 1), ("adam", 0), ("adam", 1)} and len(trials) == 4
@@ -128,7 +132,7 @@ def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file
             for variant in ("sgd", "adam")}
     assert plotted == set(best.values())
     # running the same command again finds the study complete: no new trial, no new run
-    again = sweeps.run_sweep(sweep_file(GRID))
+    again = run_sweep(sweep_file(GRID))
     assert len(again.trials) == 4
     assert len(child_runs(tracking_uri, request.node.name, parent)) == 4
 
@@ -143,7 +147,7 @@ sampler: grid
 pruner: threshold
 pruner_args: {lower: 0.3}
 """
-    study = sweeps.run_sweep(sweep_file(text))
+    study = run_sweep(sweep_file(text))
     by_lr = {t.params["optimizer.lr"]: t for t in study.trials}
     assert by_lr[0.1].state == TrialState.COMPLETE and by_lr[0.1].value > 0.3
     assert by_lr[0.000001].state == TrialState.PRUNED
@@ -167,10 +171,10 @@ n_trials: 2
 
 
 def test_resume_adds_trials_without_repeating_finished_ones(sweep_file):
-    first = sweeps.run_sweep(sweep_file(SEARCH))
+    first = run_sweep(sweep_file(SEARCH))
     assert len(first.trials) == 2
     before = {t.number: t.params for t in first.trials}
-    resumed = sweeps.run_sweep(sweep_file(SEARCH, "sweep.n_trials=4"))
+    resumed = run_sweep(sweep_file(SEARCH, "sweep.n_trials=4"))
     assert [t.state for t in resumed.trials] == [TrialState.COMPLETE] * 4
     assert {t.number: t.params for t in resumed.trials[:2]} == before
     hashes = [t.user_attrs["config_hash"] for t in resumed.trials]
@@ -187,7 +191,7 @@ sampler: random
 pruner: none
 n_trials: 3
 """
-    study = sweeps.run_sweep(sweep_file(text))
+    study = run_sweep(sweep_file(text))
     first, *rest = study.trials
     assert "reused_from" not in first.user_attrs
     assert [t.user_attrs["reused_from"] for t in rest] == [0, 0]
@@ -208,12 +212,12 @@ sampler: random
 pruner: none
 n_trials: 1
 """
-    (first,) = sweeps.run_sweep(sweep_file(text.format(name="tiny_first"))).trials
+    (first,) = run_sweep(sweep_file(text.format(name="tiny_first"))).trials
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     retrying = optuna.create_study(study_name="tiny_retry", storage=storage,
                                    direction="maximize")
     retrying.enqueue_trial({"optimizer.lr": 0.1}, user_attrs={"resumes": 0})
-    study = sweeps.run_sweep(sweep_file(text.format(name="tiny_retry")))
+    study = run_sweep(sweep_file(text.format(name="tiny_retry")))
     (retry,) = study.trials
     assert retry.state == TrialState.COMPLETE and retry.value == first.value
     assert retry.user_attrs["mlflow_run_id"] == first.user_attrs["mlflow_run_id"]
@@ -222,7 +226,7 @@ n_trials: 1
 
 
 def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
-    study = sweeps.run_sweep(sweep_file(SEARCH, "sweep.n_trials=6", "sweep.n_workers=2",
+    study = run_sweep(sweep_file(SEARCH, "sweep.n_trials=6", "sweep.n_workers=2",
                                         "sweep.sampler=random", "sweep.pruner=none"))
     assert len(study.trials) == 6
     assert [(t.state, t.user_attrs.get("outcome")) for t in study.trials] == [
@@ -236,9 +240,9 @@ def test_the_best_trial_is_written_under_the_working_directory_as_a_preset_that_
 ):
     """Named like the study of the shipped `search_mlp_best` preset (the README's documented
     result): the search leaves that one as it is and writes its own under ./outputs/presets."""
-    shipped = sweeps.CONF_DIR / "experiment" / "search_mlp_best.yaml"
+    shipped = CONF_DIR / "experiment" / "search_mlp_best.yaml"
     shipped_before = shipped.read_bytes()
-    study = sweeps.run_sweep(sweep_file(SEARCH.replace("tiny_search", "search_mlp")))
+    study = run_sweep(sweep_file(SEARCH.replace("tiny_search", "search_mlp")))
     assert shipped.read_bytes() == shipped_before
     path = workdir / "outputs" / "presets" / "experiment" / "best" / "search_mlp.yaml"
     assert path.read_text().startswith("# @package _global_")
@@ -250,7 +254,7 @@ def test_the_best_trial_is_written_under_the_working_directory_as_a_preset_that_
     assert Path(logged).read_text() == path.read_text()
 
     # Hydra searches a -cd folder after conf/: nothing there may shadow the sweeps' presets
-    assert not (sweeps.CONF_DIR / "experiment" / "best").exists()
+    assert not (CONF_DIR / "experiment" / "best").exists()
     best = study.best_trial
     preset = compose_config(["experiment=best/search_mlp"],
                             extra_dir=workdir / "outputs" / "presets")
@@ -279,7 +283,7 @@ sampler: grid
 pruner: none
 """
     arguments = sweep_file(text)
-    arguments[0] = f"sweep={sweeps.SWEEPS_DIR / 'tiny.yaml'}"  # the worker cannot see monkeypatch
+    arguments[0] = f"sweep={spec.SWEEPS_DIR / 'tiny.yaml'}"  # the worker cannot see monkeypatch
     worker = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sweep", *arguments],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = arguments[1].split("=", 1)[1]
@@ -294,15 +298,15 @@ pruner: none
             break
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    monkeypatch.setattr(sweeps, "STALE_AFTER_S", 3)
-    time.sleep(sweeps.STALE_AFTER_S + 1)
-    study = sweeps.run_sweep([*arguments, "trainer.epochs=2"])  # the retry may train shorter
+    monkeypatch.setattr(studies, "STALE_AFTER_S", 3)
+    time.sleep(studies.STALE_AFTER_S + 1)
+    study = run_sweep([*arguments, "trainer.epochs=2"])  # the retry may train shorter
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
     killed, retried = study.trials
     assert "outcome" not in killed.user_attrs  # failed by the heartbeat, not by itself
     assert retried.params == killed.params
-    assert sweeps.counted_trials(study) == 1
+    assert studies.counted_trials(study) == 1
 
 
 FIVE_TRIALS = """
@@ -317,7 +321,7 @@ n_trials: 5
 
 
 def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking_uri, request):
-    study = sweeps.run_sweep(sweep_file(FIVE_TRIALS))
+    study = run_sweep(sweep_file(FIVE_TRIALS))
     trials = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     assert len(trials) == 5
     client = MlflowClient(tracking_uri)
@@ -326,7 +330,7 @@ def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking
                                                               "plots")}
                     == {"plots/learning_curves.png", "plots/confusion_matrix.png",
                         "plots/predictions.png"}]
-    assert with_figures == [t.number for t in trials[:sweeps.BEST_TRIALS_PLOTTED]]
+    assert with_figures == [t.number for t in trials[:BEST_TRIALS_PLOTTED]]
     for trial in trials:  # every trial keeps what evaluate and the figures are rebuilt from
         paths = {a.path for a in client.list_artifacts(trial.user_attrs["mlflow_run_id"])}
         assert {"config.yaml", "parameters.md", "model_state"} <= paths
@@ -334,8 +338,8 @@ def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking
 
 def test_a_trial_config_is_composed_once_per_choice_of_groups(sweep_file, monkeypatch):
     composed = []
-    real = sweeps.compose_config
-    monkeypatch.setattr(sweeps, "compose_config", lambda o: composed.append(o) or real(o))
-    sweeps.run_sweep(sweep_file(FIVE_TRIALS, "tracking=none"))
+    real = worker.compose_config
+    monkeypatch.setattr(worker, "compose_config", lambda o: composed.append(o) or real(o))
+    run_sweep(sweep_file(FIVE_TRIALS, "tracking=none"))
     trial_compositions = [o for o in composed if "tracking.plots=false" in o]
     assert len(trial_compositions) == 1  # five trials, one choice of groups

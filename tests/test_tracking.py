@@ -9,7 +9,7 @@ import torch
 from conftest import free_port
 from mlflow import MlflowClient
 
-from mlp_experiments.config import UserError
+from mlp_experiments.errors import UserError
 from mlp_experiments.train import train
 
 EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -123,7 +123,7 @@ def test_runs_with_the_same_seed_get_distinct_names(synthetic_cfg, tracking_uri,
 def test_an_untracked_run_never_imports_mlflow_or_matplotlib(workdir):
     script = (
         "import sys\n"
-        "from mlp_experiments.config import compose_config\n"
+        "from mlp_experiments.config.compose import compose_config\n"
         "from mlp_experiments.train import train\n"
         "train(compose_config(['data=synthetic', 'trainer.epochs=1', 'tracking=none']))\n"
         "print(sorted(m for m in ('mlflow', 'matplotlib') if m in sys.modules))\n"
@@ -138,7 +138,7 @@ def test_a_fresh_process_records_through_its_own_recorder_process(workdir):
     uri = f"sqlite:///{workdir / 'own.db'}"
     script = (
         "import sys\n"
-        "from mlp_experiments.config import compose_config\n"
+        "from mlp_experiments.config.compose import compose_config\n"
         "from mlp_experiments.train import train\n"
         f"train(compose_config(['data=synthetic', 'trainer.epochs=2', 'tracking.uri={uri}']))\n"
         "print('mlflow' in sys.modules)\n"

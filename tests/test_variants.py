@@ -11,7 +11,8 @@ from conftest import write_tiny_release
 from hydra.utils import instantiate
 
 from mlp_experiments import data, engine, losses, models, optim
-from mlp_experiments.config import UserError, check_overrides, compose_config
+from mlp_experiments.config.compose import check_overrides, compose_config
+from mlp_experiments.errors import UserError
 from mlp_experiments.train import train
 
 
@@ -363,7 +364,7 @@ def test_incompatible_combinations_fail_before_training(overrides, message):
 
 
 def test_every_preset_composes_and_is_documented():
-    from mlp_experiments.config import CONF_DIR
+    from mlp_experiments.config.compose import CONF_DIR
 
     presets = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
                      if not p.stem.endswith("_best"))  # those a sweep wrote

@@ -24,16 +24,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mlp_experiments.config import (
+from mlp_experiments.config.schemas import (
     ANY_TARGET_SCHEMAS,
     TARGET_SCHEMAS,
     NoSchedulerConfig,
     RegularizationConfig,
     TrackingConfig,
     TrainerConfig,
-    UserError,
     data_schema,
 )
+from mlp_experiments.errors import UserError
 
 _TORCH_OPTIMIZERS = (
     "ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon",

@@ -1,0 +1,43 @@
+"""`UserError`, the one exception a command turns into its message, and the wording of the
+config errors Hydra and OmegaConf raise."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class UserError(Exception):
+    """A mistake in the input (config, data, tracking server): its message says how to fix it."""
+
+
+_UNKNOWN_KEY = re.compile(r"Key '([^']+)' not in '[^']+'\s+full_key: (\S+)")
+
+
+def explain_unknown_key(message: str, cfg: DictConfig | None) -> str:
+    """Add the keys that do exist (and the nearest one) to Hydra's 'Key ... not in' message."""
+    match = _UNKNOWN_KEY.search(message)
+    if not match or cfg is None:
+        return message
+    key, full_key = match.groups()
+    parent = full_key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return message
+    valid = [str(k) for k in node if not str(k).startswith("_")]
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    return (
+        f"Unknown config key '{full_key}'.{hint}\n"
+        f"Keys under '{parent or '<root>'}': {', '.join(valid)}"
+    )
+
+
+def with_causes(error: BaseException) -> str:
+    lines = [str(error)]
+    while error.__cause__ is not None:
+        error = error.__cause__
+        lines.append(str(error))
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+from mlp_experiments.report.command import main
+
+main()

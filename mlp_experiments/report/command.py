@@ -1,0 +1,106 @@
+"""`python -m mlp_experiments.report sweep=<name> [sweep.key=value ...] [out=DIR]`
+
+Writes a Markdown report of the Optuna study that `python -m mlp_experiments.sweep` ran, with its
+figures, to `DIR/<study_name>/report.md` (DIR defaults to `outputs/reports` under the working
+directory), and logs the folder to the study's MLflow parent run. A comparison (named variants
+x seeds) gets per-variant means with 95% confidence intervals and Welch t-tests that say which
+differences exceed the seed-to-seed noise; a search gets its top trials, parameter importances
+and the best configuration as a command.
+`summarise_in_mlflow` is what the sweep command calls when a study ends.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from mlp_experiments.config.compose import compose_config
+from mlp_experiments.errors import UserError
+from mlp_experiments.report.markdown import write_report
+from mlp_experiments.sweep.spec import load_sweep, split_arguments, storage_url
+from mlp_experiments.sweep.study import make_storage
+
+REPORTS_DIR = Path("outputs") / "reports"  # under the working directory; out=DIR overrides
+
+
+def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
+                        parent_run_id: str, preset: Path | None = None) -> None:
+    """Log the report, `trials.csv`, the best value and the best configuration's preset (the
+    file the sweep wrote, when it wrote one) to the study's MLflow parent run."""
+    client = mlflow.MlflowClient(tracking_cfg.uri)
+    metric = study.user_attrs.get("metric", sweep.metric)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            client.log_metric(parent_run_id, f"best_{metric}", study.best_value)
+        if preset is not None:
+            client.log_text(parent_run_id, preset.read_text(), "best_config.yaml")
+        report = write_report(study, sweep, folder / "report", detailed=True)
+        client.log_artifacts(parent_run_id, str(report.parent), "report")
+        # Each trial's per-epoch history is in its own MLflow run; here it would drown the table.
+        frame = study.trials_dataframe().drop(columns=["user_attrs_history"], errors="ignore")
+        frame.to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(parent_run_id, str(folder / "trials.csv"))
+    client.set_terminated(parent_run_id)  # its end time: the last time the study was summarised
+
+
+def load_existing_study(sweep: DictConfig, name: str):
+    url = storage_url(sweep)
+    missing = UserError(
+        f"No study '{sweep.study_name}' in {url}: run `python -m mlp_experiments.sweep "
+        f"sweep={name}` first (with the same sweep.* overrides)."
+    )
+    # Opening a SQLite URL creates the file: a typo would leave an empty database behind.
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise missing
+    try:
+        return optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))
+    except KeyError:
+        raise missing from None
+
+
+def split_output(arguments: list[str]) -> tuple[Path, list[str]]:
+    """`out=DIR` is the report's; every other argument is the sweep's."""
+    out = [a.removeprefix("out=") for a in arguments if a.startswith("out=")]
+    folder = Path(out[-1]) if out else REPORTS_DIR
+    return folder, [a for a in arguments if not a.startswith("out=")]
+
+
+def run_report(arguments: list[str]) -> Path:
+    out, arguments = split_output(arguments)
+    name, sweep_overrides, training = split_arguments(arguments)
+    sweep = load_sweep(name, sweep_overrides)
+    study = load_existing_study(sweep, name)
+    path = write_report(study, sweep, out / sweep.study_name)
+    print(path)
+    parent_run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_run_id:
+        tracking = compose_config([*sweep.overrides, *training]).tracking
+        if tracking.enabled:
+            log_report(tracking.uri, parent_run_id, path.parent)
+    return path
+
+
+def log_report(uri: str, run_id: str, folder: Path) -> None:
+    try:
+        mlflow.MlflowClient(uri).log_artifacts(run_id, str(folder), "report")
+    except mlflow.exceptions.MlflowException as error:
+        raise UserError(
+            f"The report is written, but logging it to the MLflow run {run_id} in {uri} failed "
+            f"({error}). Point tracking.uri at the sweep's store, or skip MLflow with "
+            f"tracking=none."
+        ) from None
+    print(f"logged to MLflow run {run_id} (artifact path report)")
+
+
+def main(arguments: list[str] | None = None) -> None:
+    try:
+        run_report(sys.argv[1:] if arguments is None else arguments)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -1,0 +1,94 @@
+"""The report's figures: each variant's score with its interval, and its mean learning curve."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from mlp_experiments.report.trials import Score, Variant, mean_curve
+
+DPI = 120
+
+
+def save(figure: Figure, path: Path, **savefig_args) -> None:
+    figure.savefig(path, dpi=DPI, **savefig_args)
+    plt.close(figure)
+
+
+def save_optuna_plot(plot, path: Path, *args, **kwargs) -> None:
+    """Optuna's matplotlib plots switch the global style to ggplot and warn that they are
+    experimental: both stay inside this call."""
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = np.ravel(plot(*args, **kwargs))
+        figure = axes[0].figure
+        width, height = figure.get_size_inches()
+        figure.set_size_inches(max(width, 3.5 * len(axes) + 1.5), height)  # room per slice panel
+        # Not tight_layout: it cannot place the colour bars of some of these plots.
+        save(figure, path, bbox_inches="tight")
+
+
+def score_figure(variants: list[Variant], score: Score) -> Figure:
+    """Mean final test score per variant, 95% CI as error bars, each seed as a dot."""
+    variants = [v for v in variants if v.trials]
+    summaries = [v.test(score) for v in variants]
+    errors = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
+    positions = np.arange(len(variants))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.4 * len(variants) + 2), 4.5))
+    axis.bar(positions, [s.mean for s in summaries], yerr=errors, capsize=8, alpha=0.75,
+             color=[f"C{i}" for i in positions], label="mean, 95% CI")
+    for position, variant, summary, error in zip(positions, variants, summaries, errors,
+                                                 strict=True):
+        values = variant.test_values(score)
+        axis.scatter(np.full(len(values), position), values, color="black", s=14, zorder=3,
+                     label="one seed" if position == 0 else None)
+        axis.annotate(f"{summary.mean:.4f}", (position, summary.mean + error),
+                      xytext=(0, 5), textcoords="offset points", ha="center", fontweight="bold")
+    shown = [y for s, e, v in zip(summaries, errors, variants, strict=True)
+             for y in (s.mean - e, s.mean + e, *v.test_values(score))]
+    # Zoomed in: differences of a point or two would vanish on an axis from 0 to 1.
+    margin = max(max(shown) - min(shown), 0.005) * 0.35
+    axis.set_ylim(max(min(shown) - margin, 0.0), max(shown) + margin)
+    axis.set_xticks(positions, [v.name for v in variants],
+                    rotation=20 if max(len(v.name) for v in variants) > 10 else 0)
+    axis.set_xlabel("variant")
+    axis.set_ylabel(f"test {score.label} after the last epoch")
+    axis.set_title(f"Final test {score.label} per variant (mean over seeds, 95% CI)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def curves_figure(variants: list[Variant], score: Score) -> Figure:
+    """Mean validation and test score per epoch per variant, shaded ±1 std over seeds."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axis, split in zip(axes, ("validation", "test"), strict=True):
+        key = f"{'val' if split == 'validation' else 'test'}_{score.key}"
+        for index, variant in enumerate(variants):
+            epochs, mean, std = mean_curve([t.user_attrs.get("history", [])
+                                            for t in variant.trials], key)
+            if not len(epochs):
+                continue
+            axis.plot(epochs, mean, marker="o", markersize=3, color=f"C{index}",
+                      label=f"{variant.name} ({len(variant.trials)} seeds)")
+            axis.fill_between(epochs, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+        axis.set_title(f"{split.capitalize()} {score.label} (mean ± 1 std over seeds)")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(score.label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(title="variant")
+    figure.tight_layout()
+    return figure

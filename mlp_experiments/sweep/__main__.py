@@ -1,0 +1,3 @@
+from mlp_experiments.sweep.command import main
+
+main()

@@ -1,0 +1,136 @@
+"""`python -m mlp_experiments.sweep sweep=<name> [sweep.key=value] [training overrides]`
+
+Runs the Optuna study that `sweeps/<name>.yaml` describes. Every trial trains in-process through
+`train()`, reports its validation metric each epoch to the pruner and is an MLflow child run of
+the study's parent run. Running the command again resumes the study until `n_trials` trials
+have finished in total; `sweep.n_workers=K` runs K worker processes on the same storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from omegaconf import DictConfig
+
+from mlp_experiments.config.compose import compose_config
+from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.errors import UserError
+from mlp_experiments.redact import redact
+from mlp_experiments.sweep.presets import publish_best_preset
+from mlp_experiments.sweep.spec import (
+    budget,
+    check_space,
+    load_sweep,
+    parse_space,
+    split_arguments,
+    storage_url,
+)
+from mlp_experiments.sweep.study import FINISHED_OUTCOMES, budget_lock, counted_trials, open_study
+from mlp_experiments.sweep.worker import launch_workers
+
+BEST_TRIALS_PLOTTED = 3
+
+
+def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
+    done = counted_trials(study)
+    lines = [
+        f"study {sweep.study_name} in {redact(storage_url(sweep))}",
+        f"  objective: {sweep.direction} {sweep.metric}",
+        f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
+        f"{dict(sweep.pruner_args) or ''}",
+        f"  trials: {n_trials} in total, {done} already there, {max(n_trials - done, 0)} to run "
+        f"on {sweep.n_workers} worker(s)",
+        f"  fixed overrides: {redact(' '.join([*sweep.overrides, *training])) or '(none)'}",
+    ]
+    lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
+    lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
+    print("\n".join(lines), flush=True)
+
+
+def run_sweep(arguments: list[str]):
+    """Plan, check, run the workers, write a search's best preset, then summarise the study in
+    its MLflow parent run."""
+    register_configs()
+    name, sweep_overrides, training = split_arguments(arguments)
+    sweep = load_sweep(name, sweep_overrides)
+    deadline = time.time() + sweep.timeout if sweep.timeout else None
+    distributions = parse_space(sweep.space)
+    check_space(sweep, training, distributions)
+    base = compose_config([*sweep.overrides, *training])
+    tracking_uri = base.tracking.uri if base.tracking.enabled else None
+    study = open_study(sweep, distributions, tracking_uri)
+    kind = "comparison" if sweep.sampler == "grid" else "search"
+    study.set_user_attr("kind", kind)
+    study.set_user_attr("metric", sweep.metric)
+    n_trials = budget(sweep, distributions)
+    print_plan(sweep, distributions, study, n_trials, training)
+    parent_run_id = None
+    if tracking_uri:  # one parent run, also when several commands start at once
+        from mlp_experiments import recorder
+
+        with budget_lock(storage_url(sweep), sweep.study_name):
+            parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
+    lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+    ended = [t for t in study.get_trials(deepcopy=False)
+             if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+    if lost_workers and len(ended) < n_trials and not past(deadline):
+        raise UserError(
+            f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died (see "
+            f"their output): run the same command again to finish the study."
+        )
+    preset = publish_best_preset(study, sweep, kind)
+    if parent_run_id:
+        from mlp_experiments.report.command import summarise_in_mlflow
+
+        plot_best_trials(study, kind, tracking_uri)
+        summarise_in_mlflow(study, sweep, base.tracking, parent_run_id, preset)
+    if ended and all(t.user_attrs["outcome"] in ("error", "diverged") for t in ended):
+        raise UserError(
+            f"Every trial of study {sweep.study_name} failed ({len(ended)}): the errors are "
+            f"in the output above and in each trial's MLflow run."
+        )
+    return study
+
+
+def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
+    """Draw the figures of the trials that matter once the study ran, from their MLflow records:
+    a search's best BEST_TRIALS_PLOTTED, a comparison's best trial of each variant (the report
+    in the parent run has each variant's mean). Runs that have their figures are left alone."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    from mlp_experiments import evaluate
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("mlflow_run_id") and "reused_from" not in t.user_attrs]
+    trials.sort(key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    if kind == "comparison":
+        best_of_variant = {}
+        for trial in trials:
+            best_of_variant.setdefault(trial.params.get("variant"), trial)
+        chosen = list(best_of_variant.values())
+    else:
+        chosen = trials[:BEST_TRIALS_PLOTTED]
+    client = mlflow.MlflowClient(tracking_uri)
+    for trial in chosen:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        if not client.list_artifacts(run_id, "plots"):
+            evaluate.log_run_figures(tracking_uri, run_id, trial.user_attrs["history"])
+
+
+def past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_sweep(sys.argv[1:])
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the study (the interrupted "
+              "trial continues from its checkpoint)", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,351 @@
+"""What a sweep file says: `SweepConfig`, its loading and checks, and its search space in Hydra's
+sweep grammar mapped to Optuna distributions, sampler and pruner."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mlp_experiments.config.checks import data_task, model_shape
+from mlp_experiments.config.compose import CONF_DIR, CONFIG_GROUPS, check_overrides
+from mlp_experiments.errors import UserError
+
+SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+# Keys whose sensible values span orders of magnitude: a linear search wastes most trials.
+LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization.l2_penalty",
+                  "regularization.l1_penalty"}
+
+
+# A study's name names files and folders (docs/<study>/, conf/experiment/<study>_best.yaml).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+DIRECTIONS = ("maximize", "minimize")
+
+
+SAMPLERS = ("tpe", "random", "grid")
+
+
+STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
+
+
+@dataclass
+class SweepConfig:
+    study_name: str = MISSING
+    overrides: list[str] = field(default_factory=list)  # training overrides for every trial
+    space: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep expression
+    variants: dict[str, list[str]] = field(default_factory=dict)  # comparisons: name -> overrides
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    sampler: str = "tpe"  # tpe, random or grid
+    pruner: str = "median"  # none, median, successive_halving, hyperband or threshold
+    pruner_args: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the sampler's
+    n_trials: int | None = None  # None: the size of the grid
+    timeout: float | None = None  # seconds, for this command
+    storage: str | None = None  # any Optuna storage URL; None: sqlite:///optuna.db
+    n_workers: int = 1
+
+
+def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
+    """(sweep name, sweep.* overrides, training overrides) from the command line."""
+    name, sweep_overrides, training = None, [], []
+    for argument in arguments:
+        if argument.startswith("sweep="):
+            name = argument.split("=", 1)[1]
+        elif argument.startswith("sweep."):
+            sweep_overrides.append(argument.removeprefix("sweep."))
+        else:
+            training.append(argument)
+    if name is None:
+        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise UserError(f"Name the sweep: sweep=<name>, one of: {available}.")
+    return name, sweep_overrides, training
+
+
+def load_sweep(name: str, overrides: list[str]) -> DictConfig:
+    """sweeps/<name>.yaml, or the YAML file `name` points at."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise UserError(f"No sweep '{name}' in {SWEEPS_DIR}: choose one of {available}.")
+    schema = OmegaConf.structured(SweepConfig)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    except Exception as error:  # OmegaConf names the key and the expected type
+        raise UserError(f"Sweep '{name}': {error}") from None
+    if not cfg.space and not cfg.variants:
+        raise UserError(f"Sweep '{name}' has neither a space nor variants to try.")
+    check_settings(cfg)
+    return cfg
+
+
+def check_settings(sweep: DictConfig) -> None:
+    """The sweep's own settings, each with one message (the training overrides are checked
+    with the trials, by check_space)."""
+    name = sweep.study_name
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"sweep.study_name={name!r}: it names files and folders (docs/<study>/, "
+            f"conf/experiment/<study>_best.yaml), so it may only hold letters, digits, '_', '.' "
+            f"and '-', start with a letter or digit and not contain '..'."
+        )
+    if sweep.n_workers < 1:
+        raise UserError(f"sweep.n_workers={sweep.n_workers} must be at least 1.")
+    if sweep.direction not in DIRECTIONS:
+        raise UserError(f"sweep.direction={sweep.direction}: choose {' or '.join(DIRECTIONS)}.")
+    if sweep.sampler not in SAMPLERS:
+        raise UserError(f"sweep.sampler={sweep.sampler}: choose one of {', '.join(SAMPLERS)}.")
+    make_pruner(sweep)
+    storage_url(sweep)
+
+
+def storage_url(sweep: DictConfig) -> str:
+    """sweep.storage, else $OPTUNA_STORAGE (keeps a password off command lines), else a
+    SQLite file in the working directory."""
+    url = sweep.storage or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+    if not STORAGE_SCHEME.match(url):  # the scheme only: the rest may hold a password
+        raise UserError(
+            f"sweep.storage: the scheme '{url.partition(':')[0]}' is not an Optuna storage we "
+            f"use: sqlite:///<file>, postgresql[+driver]://... or mysql[+driver]://..."
+        )
+    return url
+
+
+def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
+    import optuna
+
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants), seed=seed)
+    if sweep.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random or grid.")
+
+
+def make_pruner(sweep: DictConfig):
+    import optuna
+
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "threshold": optuna.pruners.ThresholdPruner,  # prunes below pruner_args.lower
+    }
+    if sweep.pruner not in pruners:
+        raise UserError(f"sweep.pruner={sweep.pruner}: choose one of {', '.join(pruners)}.")
+    if sweep.pruner == "none":  # pruner_args belong to the pruner the sweep file names
+        return pruners["none"]()
+    pruner = pruners[sweep.pruner]
+    takes = list(inspect.signature(pruner).parameters)
+    unknown = sorted(set(sweep.pruner_args) - set(takes))
+    if unknown:
+        raise UserError(
+            f"sweep.pruner_args: {', '.join(unknown)} is not a parameter of the {sweep.pruner} "
+            f"pruner ({pruner.__name__}): it takes {', '.join(takes)}."
+        )
+    try:
+        return pruner(**sweep.pruner_args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"sweep.pruner_args: {error}") from None
+
+
+def budget(sweep: DictConfig, distributions: dict[str, Any]) -> int:
+    if sweep.n_trials is not None:
+        return sweep.n_trials
+    if sweep.sampler != "grid":
+        raise UserError("sweep.n_trials is needed unless sweep.sampler=grid.")
+    size = 1
+    for values in grid_of(distributions, sweep.variants).values():
+        size *= len(values)
+    return size
+
+
+def parse_space(space: dict[str, str]) -> dict[str, Any]:
+    """Map Hydra sweep expressions to Optuna distributions, with Hydra's own override parser
+    (the grammar of Hydra's Optuna sweeper plugin)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    distributions = {}
+    for key, expression in space.items():
+        try:
+            (override,) = parser.parse_overrides([f"{key}={expression}"])
+        except Exception as error:
+            raise UserError(f"space.{key}: cannot parse '{expression}': {error}") from None
+        distributions[key] = to_distribution(key, expression, override)
+    return distributions
+
+
+def to_distribution(key: str, expression: str, override) -> Any:
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    value = override.value()
+    log_scale = "log" in getattr(value, "tags", set())
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution([choice_value(v) for v in value.list])
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and stop > start:
+            last = start + (stop - start - 1) // step * step  # range() excludes stop
+            return IntDistribution(start, last, step=step)
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, IntervalSweep):
+        low, high = value.start, value.end
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high, log=log_scale)
+        return FloatDistribution(float(low), float(high), log=log_scale)
+    raise UserError(
+        f"space.{key}: '{expression}' is not a search expression we can map: use "
+        f"choice(...), range(start, stop[, step]), interval(low, high) or "
+        f"tag(log, interval(low, high))."
+    )
+
+
+def choice_value(value: Any) -> Any:
+    """Optuna's categorical choices are scalars: a list choice travels as its override text."""
+    if isinstance(value, dict):
+        raise UserError(f"choice({value}): dictionaries cannot be searched; choose list items.")
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return value
+
+
+def suggest(trial, key: str, distribution) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high,
+                                 step=distribution.step, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
+
+
+def grid_of(distributions: dict[str, Any], variants: dict) -> dict[str, list]:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    grid = {"variant": list(variants)} if variants else {}
+    for key, distribution in distributions.items():
+        if isinstance(distribution, CategoricalDistribution):
+            grid[key] = list(distribution.choices)
+        elif isinstance(distribution, IntDistribution) and not distribution.log:
+            grid[key] = list(range(distribution.low, distribution.high + 1, distribution.step))
+        else:
+            raise UserError(
+                f"space.{key}: a grid needs choice(...) or range(...), not an interval."
+            )
+    return grid
+
+
+# A trial records its figures only when it is one of the study's best (see plot_best_trials);
+# the sweep's or the command line's `tracking.plots=true` records them for every trial.
+TRIAL_DEFAULTS = ["tracking.plots=false"]
+
+
+def trial_overrides(sweep: DictConfig, training: list[str],
+                    params: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A trial's overrides in two parts: those that may choose config groups (the sweep's, the
+    command line's, its variant's and its searched groups'), then its searched `key=value`s."""
+    composed, values = [*TRIAL_DEFAULTS, *sweep.overrides, *training], []
+    for key, value in params.items():
+        if key == "variant":
+            composed += list(sweep.variants[value])
+        else:
+            (composed if key in CONFIG_GROUPS else values).append(f"{key}={value}")
+    return composed, values
+
+
+def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any]) -> None:
+    """Before any trial: every searched key exists, log-scale keys are searched on a log scale,
+    and each value at the ends of its range gives a valid training config (the same checks as
+    a command line's), that produces the sweep's metric and whose model, loss, optimizer and
+    scheduler can be built."""
+    from optuna.distributions import CategoricalDistribution
+
+    base = check_overrides([*sweep.overrides, *training])
+    for key, distribution in distributions.items():
+        if key not in CONFIG_GROUPS and OmegaConf.select(base, key, default=MISSING) is MISSING:
+            raise UserError(
+                f"space.{key} is not a key of the training config (sections: "
+                f"{', '.join(str(k) for k in base)}); check the spelling."
+            )
+        if key in LOG_SCALE_KEYS and not isinstance(distribution, CategoricalDistribution) \
+                and not distribution.log:
+            raise UserError(
+                f"space.{key} spans orders of magnitude: search it on a log scale, "
+                f"tag(log, interval(low, high))."
+            )
+    for params in corner_params(distributions, sweep.variants):
+        try:
+            cfg = check_overrides(sum(trial_overrides(sweep, training, params), []))
+            check_metric(sweep, cfg)
+            build_trial(cfg)
+        except UserError as error:
+            raise UserError(f"The trial {params}: {error}") from None
+
+
+def check_metric(sweep: DictConfig, cfg: DictConfig) -> None:
+    from mlp_experiments.losses import Scoring
+
+    regression = data_task(cfg.data)[0] == "regression"
+    scores = ("loss", *Scoring(regression=regression).names)
+    metrics = [f"{split}_{score}" for split in ("train", "val", "test") for score in scores]
+    metrics += ["lr", "epoch_time_s", "samples_per_s"]
+    if sweep.metric not in metrics:
+        raise UserError(
+            f"sweep.metric={sweep.metric} is not a metric of data={cfg.data.name}: choose one of "
+            f"{', '.join(metrics)}."
+        )
+
+
+def build_trial(cfg: DictConfig) -> None:
+    """Build the trial's model, loss, optimizer and scheduler on the data's shape (no data is
+    loaded), as train() builds them."""
+    from mlp_experiments import optim
+    from mlp_experiments.config import policy
+
+    in_features, num_outputs = model_shape(cfg)
+    try:
+        model = policy.instantiate(cfg.model, in_features=in_features, num_outputs=num_outputs)
+        policy.instantiate(cfg.loss)
+        optim.build_scheduler(cfg.scheduler,
+                              optim.build_optimizer(cfg.optimizer, cfg.regularization, model))
+    except UserError:
+        raise
+    except Exception as error:  # torch's own argument checks: TypeError, ValueError, ...
+        raise UserError(f"it cannot be built: {' '.join(str(error).split())}") from None
+
+
+def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[str, Any]]:
+    """One trial per value at the ends of every dimension (every choice, every variant)."""
+    from optuna.distributions import CategoricalDistribution
+
+    middle = {k: (d.choices[0] if isinstance(d, CategoricalDistribution) else d.low)
+              for k, d in distributions.items()}
+    corners = []
+    for key, distribution in distributions.items():
+        values = (distribution.choices if isinstance(distribution, CategoricalDistribution)
+                  else (distribution.low, distribution.high))
+        corners += [{**middle, key: value} for value in values]
+    for name in variants or [None]:
+        corners.append({**middle, **({"variant": name} if name else {})})
+    return corners

@@ -1,0 +1,144 @@
+"""A study in its Optuna storage: opened by each worker, counted under a lock so that workers
+together run exactly `n_trials`, with heartbeats that fail and queue again a dead worker's trial."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mlp_experiments.locks import file_lock, once
+from mlp_experiments.sweep.spec import make_pruner, make_sampler, storage_url
+
+FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverged", "error")
+
+
+# A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial silent for STALE_AFTER_S
+# (its worker was killed) is failed and queued again.
+HEARTBEAT_S, STALE_AFTER_S = 5, 20
+
+
+def make_storage(url: str, tracking_uri: str | None = None):
+    """RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats: a killed worker's trial is
+    failed, its MLflow run (in `tracking_uri`) marked FAILED, and the trial queued again."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=STALE_AFTER_S,
+            heartbeat_stale_trial_callback=LostTrial(tracking_uri),
+        )
+
+
+class LostTrial:
+    """Optuna's heartbeat found a trial whose worker died: close its MLflow run as FAILED
+    (it would stay RUNNING forever) and queue the trial again; the retry resumes from the
+    dead trial's checkpoint (see Objective)."""
+
+    def __init__(self, tracking_uri: str | None):
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.tracking_uri and run_id:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            # A worker killed after its run ended (before Optuna heard) left it true already.
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "outcome", "worker_lost")
+                client.set_terminated(run_id, "FAILED")
+        # Optuna's retry copies the trial's user attributes: mark which trial it takes over.
+        marked = copy.copy(trial)
+        marked.user_attrs = {**trial.user_attrs, "resumes": trial.number}
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, marked)
+
+
+def open_study(sweep: DictConfig, distributions: dict[str, Any], tracking_uri: str | None = None):
+    """Create or load the study. Each opening (a resumed command, a worker, a command on another
+    machine) seeds its sampler differently, in the order they open the study: two workers must
+    not propose the same trials, and a resumed search must not repeat its first ones."""
+    import optuna
+
+    # Workers starting at once would race to create the storage's tables and the study.
+    with budget_lock(storage_url(sweep), "storage"):
+        storage = make_storage(storage_url(sweep), tracking_uri)
+        study = optuna.create_study(study_name=sweep.study_name, storage=storage,
+                                    direction=sweep.direction, load_if_exists=True)
+        opened = study.user_attrs.get("samplers_seeded", 0)
+        study.set_user_attr("samplers_seeded", opened + 1)
+    return optuna.load_study(study_name=sweep.study_name, storage=storage,
+                             sampler=make_sampler(sweep, distributions, sweep.seed + 1000 * opened),
+                             pruner=make_pruner(sweep))
+
+
+def more_to_run(study, n_trials: int) -> bool:
+    """Fail the trials of killed workers first (which queues their retries), then: is a trial
+    queued, or is the budget not yet reached?"""
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():  # experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return True
+    return counted_trials(study) < n_trials
+
+
+def counted_trials(study) -> int:
+    """Trials that count toward n_trials: running or queued ones, and finished ones that ended
+    on their own (a heartbeat-failed trial does not count: it is queued again)."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        running = trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        if running or trial.user_attrs.get("outcome") in FINISHED_OUTCOMES:
+            count += 1
+    return count
+
+
+@contextmanager
+def budget_lock(url: str, name: str):
+    """Workers take turns between counting trials and starting one, so that together they run
+    exactly n_trials: a file lock beside a SQLite file, a PostgreSQL advisory lock (which spans
+    machines) for a PostgreSQL storage. Yields the function that releases it early."""
+    if url.startswith("postgresql"):
+        with _advisory_lock(url, name) as release:
+            yield release
+    elif url.startswith("sqlite:///"):
+        with file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
+            yield release
+    else:
+        yield lambda: None
+
+
+@contextmanager
+def _advisory_lock(url: str, name: str):
+    import zlib
+
+    import sqlalchemy
+
+    key = zlib.crc32(f"mlp_experiments:{name}".encode())
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        unlock = once(lambda: connection.execute(
+            sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key}))
+        try:
+            yield unlock
+        finally:
+            unlock()
+    engine.dispose()

@@ -1,0 +1,206 @@
+"""The workers of a sweep: each starts trials until the study has its `n_trials`; a trial
+trains through `train()` in its own MLflow child run and reports every epoch to the pruner."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlp_experiments.config.compose import compose_config, with_values
+from mlp_experiments.config.identity import config_hash
+from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.redact import redact
+from mlp_experiments.sweep.spec import (
+    SweepConfig,
+    budget,
+    parse_space,
+    storage_url,
+    suggest,
+    trial_overrides,
+)
+from mlp_experiments.sweep.study import HEARTBEAT_S, budget_lock, more_to_run, open_study
+
+log = logging.getLogger("mlp_experiments.sweep")
+
+
+class Objective:
+    """One Optuna trial = one training run in its own MLflow child run, reporting each epoch to
+    the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
+
+    def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
+                 parent_run_id: str | None, deadline: float | None):
+        self.sweep, self.training = sweep, training
+        self.distributions, self.parent_run_id = distributions, parent_run_id
+        self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
+        self.release_budget = lambda: None
+        self.composed: dict[tuple[str, ...], DictConfig] = {}  # per choice of config groups
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        self.release_budget()  # this trial is RUNNING now: other workers may count it
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))}\
+                if self.sweep.variants else {}
+            params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
+            composed, values = trial_overrides(self.sweep, self.training, params)
+            trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
+            return self.train(trial, self.config(composed, values))
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("outcome", "interrupted")
+            # Queued again: the next command resumes it from its checkpoint.
+            trial.study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
+            raise
+        except Exception:
+            trial.set_user_attr("outcome", "error")
+            raise
+
+    def config(self, composed: list[str], values: list[str]) -> DictConfig:
+        """The trial's config: what compose_config([*composed, *values]) gives, with the
+        config tree read once per choice of config groups."""
+        key = tuple(composed)
+        if key not in self.composed:
+            self.composed[key] = compose_config(composed)
+        return with_values(self.composed[key], values)
+
+    def train(self, trial, cfg: DictConfig) -> float:
+        import optuna
+
+        from mlp_experiments import data, engine
+        from mlp_experiments.train import train
+
+        run_hash = config_hash(cfg, data.release_digest(cfg.data))
+        trial.set_user_attr("config_hash", run_hash)
+        earlier = self.finished_with_hash(trial.study, run_hash)
+        if earlier is not None:
+            trial.set_user_attr("reused_from", earlier.number)
+            trial.set_user_attr("history", earlier.user_attrs.get("history", []))
+            trial.set_user_attr("outcome", earlier.user_attrs["outcome"])
+            return earlier.value
+        cfg.trainer.resume = resumed_trial(trial) is not None
+        run_id = None
+        if cfg.tracking.enabled:
+            from mlp_experiments import recorder
+
+            run_name = f"{self.sweep.study_name}-{trial.number}"
+            run_id = recorder.create_run(cfg.tracking, run_name, self.parent_run_id)
+            trial.set_user_attr("mlflow_run_id", run_id)
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[self.sweep.metric], epoch)
+            if trial.should_prune():
+                raise engine.StopTraining("pruned")
+            if self.deadline is not None and time.time() >= self.deadline:
+                raise engine.StopTraining("timeout")
+
+        result = train(cfg, hooks=(report,), run_id=run_id)
+        if result.run_id != run_id:  # it had ended before (its lost worker finished it)
+            trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("history", result.history)
+        trial.set_user_attr("outcome", result.outcome)
+        if result.outcome in ("pruned", "timeout"):
+            raise optuna.TrialPruned()
+        if result.outcome == "diverged":
+            return float("nan")  # Optuna records the trial as FAIL, and the sweep goes on
+        return result.best(self.sweep.metric, maximize=self.sweep.direction == "maximize")
+
+    @staticmethod
+    def finished_with_hash(study, run_hash: str):
+        from optuna.trial import TrialState
+
+        for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if earlier.user_attrs.get("config_hash") == run_hash:
+                return earlier
+        return None
+
+
+def resumed_trial(trial) -> int | None:
+    """The number of the trial this one takes over: one whose worker was lost (queued by
+    LostTrial) or one interrupted by Ctrl-C (queued by Objective)."""
+    return trial.user_attrs.get("resumes")
+
+
+def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+         tracking_uri: str | None, torch_threads: int, deadline: float | None) -> None:
+    """A worker: start trials until the study has its n_trials (or the deadline passes). With
+    the budget reached it stays while other trials run: if their worker was killed, it fails
+    them once their heartbeat is stale and runs the retries, so no trial is lost."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    torch.set_num_threads(torch_threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = parse_space(sweep.space)
+    study = open_study(sweep, distributions, tracking_uri)
+    objective = Objective(sweep, training, distributions, parent_run_id, deadline)
+    n_trials = budget(sweep, distributions)
+    while deadline is None or time.time() < deadline:
+        with budget_lock(storage_url(sweep), sweep.study_name) as release:
+            if more_to_run(study, n_trials):
+                objective.release_budget = release
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+                continue
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(HEARTBEAT_S)
+
+
+def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+                   tracking_uri: str | None, deadline: float | None) -> int:
+    """Run the workers; return how many died (a killed worker's trial is retried by the others,
+    so the study can still be complete)."""
+    import torch
+
+    # Oversubscribed OpenMP threads spin against each other: give each worker its share of
+    # the threads torch would use (os.cpu_count(), or OMP_NUM_THREADS when set).
+    threads = max(1, torch.get_num_threads() // sweep.n_workers)
+    if sweep.n_workers == 1:
+        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
+        return 0
+    context = multiprocessing.get_context("spawn")
+    sweep_container = OmegaConf.to_container(sweep)
+    workers = [
+        context.Process(target=_worker_main,
+                        args=(sweep_container, training, parent_run_id, tracking_uri, threads,
+                              deadline, index))
+        for index in range(sweep.n_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:  # Ctrl-C reached us alone (not the terminal's process group)
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGINT)
+        for worker in workers:
+            worker.join()
+        raise
+    lost = [w.exitcode for w in workers if w.exitcode]
+    if lost:
+        log.warning("%d worker(s) exited with codes %s", len(lost), lost)
+    return len(lost)
+
+
+def _worker_main(sweep_container: dict, training: list[str], parent_run_id: str | None,
+                 tracking_uri: str | None, threads: int, deadline: float | None,
+                 index: int) -> None:
+    register_configs()
+    logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+    sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
+    try:
+        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
