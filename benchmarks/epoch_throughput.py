@@ -20,9 +20,11 @@ import time
 import torch
 
 from mlp_experiments import data, engine
+from mlp_experiments.batches import ImageDataset, make_batches
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.losses import Scoring
 from mlp_experiments.models import MLP
+from mlp_experiments.task import Task
 
 
 def concise_model(device):
@@ -43,7 +45,7 @@ def notes_epoch(dataset, device, num_workers: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loss_fn = torch.nn.CrossEntropyLoss()
     loader = torch.utils.data.DataLoader(
-        data.ImageDataset(*dataset.train), batch_size=256, shuffle=True, num_workers=num_workers
+        ImageDataset(*dataset.train), batch_size=256, shuffle=True, num_workers=num_workers
     )
     started = time.perf_counter()
     for images, labels in loader:
@@ -55,9 +57,10 @@ def engine_epoch(dataset, device) -> float:
     """(b) One training epoch of our engine (its own timing of the training pass)."""
     model = concise_model(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    batches = {split: data.make_batches(dataset, split, 256, device, "device")
+    batches = {split: make_batches(dataset, split, 256, device, "device")
                for split in ("train", "val", "test")}
-    objective = engine.Objective(torch.nn.CrossEntropyLoss(), Scoring(regression=False))
+    scoring = Scoring(Task(regression=False, num_classes=10))
+    objective = engine.Objective(torch.nn.CrossEntropyLoss(), scoring)
     result = engine.fit(model, objective, optimizer, None, batches,
                         engine.FitSettings(epochs=1, seed=0))
     return batches["train"].num_examples / result.history[0]["samples_per_s"]

@@ -23,6 +23,7 @@ from torch import nn
 from mlp_experiments import locks
 from mlp_experiments.errors import UserError
 from mlp_experiments.losses import Scoring, predict_classes
+from mlp_experiments.task import higher_is_better
 
 EpochHook = Callable[[int, dict[str, float]], None]
 BatchWrapper = Callable[[Iterable, int, int], Iterable]
@@ -51,7 +52,7 @@ class FitResult:
         values = [m[metric] for m in self.history if math.isfinite(m[metric])]
         if not values:
             return float("nan")
-        maximize = metric.endswith("acc") if maximize is None else maximize
+        maximize = higher_is_better(metric) if maximize is None else maximize
         return max(values) if maximize else min(values)
 
 

@@ -1,10 +1,10 @@
-"""`python -m mlp_experiments.evaluate run_id=<id> [tracking.uri=...] [out=evaluation]`
+"""`mlp-evaluate evaluate.run_id=<id> [tracking.uri=...] [evaluate.out_dir=evaluation]`
 
 Rebuilds a run's network from its `config.yaml`, loads the weights the run logged
 (`model_state/state_dict.pt`, with torch's weights-only loader: nothing the tracking store
 serves is unpickled), predicts the test set the run was trained against in the run's batch
 size, checks the accuracy against the one the run logged, and writes a confusion matrix and a
-per-class accuracy table to `out/<run_id>/`.
+per-class accuracy table to `<evaluate.out_dir>/<run_id>/`.
 """
 
 from __future__ import annotations
@@ -13,20 +13,18 @@ import os
 import sys
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mlp_experiments import cli
+from mlp_experiments.cli import described
 from mlp_experiments.config.checks import model_shape, validate
-from mlp_experiments.config.schemas import (
-    SCHEMAS,
-    DatasetName,
-    TrackingConfig,
-    data_schema,
-    register_configs,
-)
+from mlp_experiments.config.choices import DatasetName
+from mlp_experiments.config.schemas import SCHEMAS, data_schema, register_configs
 from mlp_experiments.errors import UserError
 
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
@@ -35,21 +33,30 @@ STATE_DICT = "model_state/state_dict.pt"
 RETRAIN = "Train the configuration again, or evaluate a run from a store you trust."
 
 
-def parse_arguments(arguments: list[str]) -> dict[str, str]:
-    values = dict(argument.split("=", 1) for argument in arguments if "=" in argument)
-    unknown = set(values) - {"run_id", "tracking.uri", "out"}
-    if "run_id" not in values or unknown:
-        raise UserError(
-            "usage: python -m mlp_experiments.evaluate run_id=<id> [tracking.uri=<uri>] "
-            "[out=<folder>]" + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
-        )
-    return values
+@dataclass
+class EvaluateSettings:
+    run_id: str = described(MISSING, "the MLflow run to reload (its id, on the run's page)")
+    out_dir: str = described("evaluation", "writes OUT_DIR/<run_id>/confusion_matrix.png and "
+                                           "per_class_accuracy.md")
+
+
+@dataclass
+class EvaluateKeys:
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    tracking: cli.TrackingStore = field(default_factory=cli.TrackingStore)
+
+
+COMMAND = cli.Command(
+    "evaluate", "Reload a run's network and weights, predict its test set and check the accuracy "
+    "against the one it logged.", EvaluateKeys,
+    renamed={"run_id": "evaluate.run_id", "out": "evaluate.out_dir"},
+)
 
 
 def check_store(uri: str) -> None:
     """The store must exist: opening a missing SQLite file would create an empty one (and then
     report that the run is not there), a missing server would be retried for minutes."""
-    from mlp_experiments.tracking import check_server
+    from mlp_experiments.stores import check_server
 
     if uri.startswith(("http://", "https://")):
         check_server(uri)
@@ -144,9 +151,10 @@ def predict_test_set(network, dataset, cfg: DictConfig) -> np.ndarray:
     test_acc: the run's batching and batch size, its precision, its class rule."""
     import torch
 
-    from mlp_experiments import data, engine
+    from mlp_experiments import engine
+    from mlp_experiments.batches import make_batches
 
-    batches = data.make_batches(dataset, "test", cfg.trainer.batch_size, torch.device("cpu"),
+    batches = make_batches(dataset, "test", cfg.trainer.batch_size, torch.device("cpu"),
                                 cfg.data.loader.value)
     bf16 = cfg.trainer.precision == "bf16"
     with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
@@ -225,18 +233,16 @@ def main(arguments: list[str] | None = None) -> None:
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     register_configs()
     try:
-        values = parse_arguments(sys.argv[1:] if arguments is None else arguments)
-        uri = (values.get("tracking.uri") or os.environ.get("MLFLOW_TRACKING_URI")
-               or TrackingConfig.uri)
-        out = Path(values.get("out", "evaluation"))
-        result = evaluate(values["run_id"], uri, out)
+        cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
+        run_id, out = cfg.evaluate.run_id, Path(cfg.evaluate.out_dir)
+        result = evaluate(run_id, cfg.tracking.uri, out)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     agree = same_accuracy(result["test_acc"], result["logged_test_acc"], result["test_examples"])
     print(f"test accuracy of the reloaded model {result['test_acc']:.4f}, "
           f"{'the same as' if agree else 'NOT the same as'} the run's logged "
           f"{result['logged_test_acc']:.4f}; confusion matrix and per-class accuracy in "
-          f"{out / values['run_id']}")
+          f"{out / run_id}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlp_experiments.task import Task
+
 
 class LogSoftmaxNLL(nn.Module):
     """Note 001's two steps: log-softmax of the logits, then the negative log-likelihood."""
@@ -82,10 +84,9 @@ def weight_penalty(model: nn.Module, l2: float, l1: float, decay_biases: bool) -
 class Scoring:
     """Per-batch sums of a task's metric, finished into per-example figures each epoch."""
 
-    def __init__(self, regression: bool):
-        self.regression = regression
-        self.names = ("mae", "rmse") if regression else ("acc",)
-        self.objective = "val_rmse" if regression else "val_acc"
+    def __init__(self, task: Task):
+        self.regression = task.regression
+        self.names = task.scores
 
     def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.regression:

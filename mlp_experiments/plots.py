@@ -1,8 +1,8 @@
 """The figures the notes draw for a run: learning curves, confusion matrix, labelled test images.
 
-Run as a module for the figures that need no run: `python -m mlp_experiments.plots activations`
-(every activation with its derivative) and `... schedules` (learning rate per epoch of each
-`conf/scheduler/` option).
+`mlp-plots plots.figure=activations` draws a figure that needs no run: `activations` (every
+activation with its derivative) or `schedules` (learning rate per epoch of each
+`conf/scheduler/` option), to `<plots.out_dir>/<figure>.png`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import argparse  # noqa: E402
+import enum  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -19,8 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from omegaconf import MISSING  # noqa: E402
 
+from mlp_experiments import cli
+from mlp_experiments.cli import described
 from mlp_experiments.config.compose import CONF_DIR, compose_config
+from mlp_experiments.errors import UserError
 
 if TYPE_CHECKING:  # a run's figures need no torch: the recorder process never imports it
     import torch
@@ -180,22 +186,44 @@ def schedules_figure(epochs: int) -> Figure:
     return figure
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlp_experiments.plots", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    activations = commands.add_parser("activations", help="activations and their derivatives")
-    activations.add_argument("--out", type=Path, default=Path("figures"))
-    schedules = commands.add_parser("schedules", help="learning rate per epoch per scheduler")
-    schedules.add_argument("--out", type=Path, default=Path("figures"))
-    schedules.add_argument("--epochs", type=int, default=200)
-    args = parser.parse_args(argv)
+class FigureName(enum.Enum):
+    activations = "activations"
+    schedules = "schedules"
 
-    if args.command == "activations":
-        figure = activations_figure()
-    else:
-        figure = schedules_figure(args.epochs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.command}.png"
+
+@dataclass
+class PlotsSettings:
+    figure: FigureName = described(MISSING, "activations (each with its derivative) or "
+                                            "schedules (learning rate per epoch per scheduler)")
+    out_dir: str = described("figures", "writes OUT_DIR/<figure>.png")
+    epochs: int = described(200, "the epochs the schedules figure spans")
+
+
+@dataclass
+class PlotsKeys:
+    plots: PlotsSettings = field(default_factory=PlotsSettings)
+
+
+COMMAND = cli.Command(
+    "plots", "Draw a figure that needs no run: the activations or the learning-rate schedules.",
+    PlotsKeys,
+    renamed={"activations": "plots.figure=activations", "schedules": "plots.figure=schedules",
+             "--out": "plots.out_dir", "--epochs": "plots.epochs"},
+)
+
+
+def main(arguments: list[str] | None = None) -> None:
+    try:
+        cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
+        if cfg.plots.epochs < 1:
+            raise UserError(f"plots.epochs={cfg.plots.epochs} must be at least 1.")
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+    name = cfg.plots.figure.value
+    figure = activations_figure() if name == "activations" else schedules_figure(cfg.plots.epochs)
+    out = Path(cfg.plots.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
     print(path)

@@ -31,7 +31,7 @@ from mlp_experiments import locks
 from mlp_experiments.config.identity import flatten
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
-from mlp_experiments.tracking import check_server, git_commit
+from mlp_experiments.stores import check_server, git_commit
 
 # What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",

@@ -11,13 +11,10 @@ itself) it works in this process. Both answer the same calls with the same plain
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -36,29 +33,8 @@ class StoreError(Exception):
     """The tracking store refused or did not answer a call (MLflow's error, in either process)."""
 
 
-@functools.cache
-def git_commit() -> str:
-    """The commit this process runs (asked once: a sweep's trials share it)."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
-def check_server(uri: str) -> None:
-    """An HTTP tracking server must answer its health check now, not after an hour of training."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
-            return
-    except (urllib.error.URLError, OSError) as error:
-        raise UserError(
-            f"MLflow tracking server {redact(uri)} is unreachable ({error}). Start it with "
-            f"`uv run mlflow server --host 127.0.0.1 --port 5000`, point tracking.uri at a "
-            f"running one, or record locally with tracking.uri=sqlite:///mlflow.db "
-            f"(or tracking=none)."
-        ) from None
 
 
 def dataset_record(dataset, test_examples: bool = False) -> dict:

@@ -20,12 +20,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments.config.checks import PROBABILITY_MODELS, data_task, model_shape, validate
+from mlp_experiments import stores
+from mlp_experiments.config.checks import model_schema, model_shape, validate
 from mlp_experiments.config.compose import CONF_DIR, check_command_line, compose_config
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
+from mlp_experiments.task import Task
 
 log = logging.getLogger("mlp_experiments")
 register_configs()
@@ -43,47 +45,47 @@ def _hydra_context() -> tuple[str, dict[str, str]]:
     return " ".join(hydra_cfg.overrides.task), choices
 
 
-def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None = None):
+def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None = None,
+          run_hash: str | None = None):
     """Train the configured model and record it; return the engine's FitResult.
 
     `hooks` are called after each epoch (after it is recorded) and may raise
     `engine.StopTraining`. `run_id` is an MLflow run to record into (a sweep trial's, made
-    beforehand); otherwise a resumed run continues its own MLflow run, a new one starts one."""
+    beforehand); otherwise a resumed run continues its own MLflow run, a new one starts one.
+    `run_hash` is config_identity(cfg), where the caller has it already."""
     validate(cfg)
     tracker = open_tracker(cfg.tracking)  # first: the store opens while torch is imported
     try:
-        return train_and_record(cfg, tracker, hooks, run_id)
+        return train_and_record(cfg, tracker, hooks, run_id, run_hash or config_identity(cfg))
     finally:
         if tracker:
             tracker.close()
 
 
-def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_id: str | None):
+def config_identity(cfg: DictConfig) -> str:
+    """The hash of the configuration and its data: its checkpoint's name, a sweep trial's key."""
+    from mlp_experiments import data
+
+    return config_hash(cfg, data.release_digest(cfg.data))
+
+
+def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_id: str | None,
+                     run_hash: str):
     from mlp_experiments import data, engine
 
     dataset = data.load_dataset(cfg.data)
-    run_hash = config_hash(cfg, dataset.digest)
     checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, run_hash)
     with engine.claim(checkpoint):
         state = engine.load_checkpoint(checkpoint) if resuming(cfg, checkpoint) else None
         if state is not None and "outcome" in state["extra"]:
-            log.info("this configuration already ended (%s after %d epochs, checkpoint %s): "
-                     "nothing to do. Drop trainer.resume=true to train it again.",
-                     state["extra"]["outcome"], len(state["history"]), checkpoint)
-            recorded_in = state["extra"].get("run_id")
-            if tracker and run_id and run_id != recorded_in:
-                tracker.discard(run_id)  # a sweep trial's empty run: its record is recorded_in
-            return engine.FitResult(list(state["history"]), state["extra"]["outcome"],
-                                    recorded_in)
+            return already_ended(state, checkpoint, tracker, run_id)
         run_id = run_id or (state["extra"].get("run_id") if state else None)
         device = engine.pick_device(cfg.trainer.device)
         engine.seed_everything(cfg.trainer.seed)
         setup = build(cfg, dataset, device)
-        recording = nullcontext()
-        if tracker:  # built first: a recorder in its own process has had the time to start
-            tags = run_tags(cfg, dataset, run_hash, device, state)
-            recording = tracker.recording(cfg, tags, run_id, dataset)
-        with recording:
+        # built first: a recorder in its own process has had the time to start
+        tags = run_tags(cfg, dataset, run_hash, device, state) if tracker else {}
+        with tracker.recording(cfg, tags, run_id, dataset) if tracker else nullcontext():
             watchers = (tracker.log_epoch,) if tracker else ()
             extra = {"run_id": tracker.run_id} if tracker else {}
             result = fit(cfg, setup, checkpoint, state, (*watchers, *hooks), extra)
@@ -97,30 +99,31 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
     return result
 
 
+def already_ended(state: dict, checkpoint, tracker, run_id: str | None):
+    """The result of a configuration whose checkpoint says it ended: nothing is trained. A
+    sweep trial's run made for it (`run_id`) is deleted: the run that recorded it stands."""
+    from mlp_experiments import engine
+
+    outcome, recorded_in = state["extra"]["outcome"], state["extra"].get("run_id")
+    log.info("this configuration already ended (%s after %d epochs, checkpoint %s): nothing "
+             "to do. Drop trainer.resume=true to train it again.", outcome,
+             len(state["history"]), checkpoint)
+    if tracker and run_id and run_id != recorded_in:
+        tracker.discard(run_id)
+    return engine.FitResult(list(state["history"]), outcome, recorded_in)
+
+
 def open_tracker(tracking_cfg: DictConfig):
     if not tracking_cfg.enabled:
         return None
-    check_local_store(tracking_cfg.uri)
+    stores.check_local_store(tracking_cfg.uri)
+    if tracking_cfg.uri.startswith(("http://", "https://")):
+        stores.check_server(tracking_cfg.uri)
     from mlp_experiments import tracking
 
-    if tracking_cfg.uri.startswith(("http://", "https://")):
-        tracking.check_server(tracking_cfg.uri)
     return tracking.MlflowTracker(tracking_cfg)
 
 
-def check_local_store(uri: str) -> None:
-    """A SQLite store where nothing can be written fails now, before MLflow and torch load
-    (MLflow itself retries such writes for minutes)."""
-    if not uri.startswith("sqlite:///"):
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    target = database if database.exists() else database.parent
-    if not os.access(target, os.W_OK):
-        raise UserError(
-            f"The MLflow store {uri} is read-only here ({target} cannot be written): point "
-            f"tracking.uri at a writable place, e.g. tracking.uri=sqlite:///mlflow.db, or "
-            f"record nothing with tracking=none."
-        )
 
 
 def resuming(cfg: DictConfig, checkpoint) -> bool:
@@ -130,11 +133,10 @@ def resuming(cfg: DictConfig, checkpoint) -> bool:
 
 
 def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None) -> dict:
-    from mlp_experiments import tracking
 
     overrides, choices = _hydra_context()
     tags = {
-        "git_commit": tracking.git_commit(),
+        "git_commit": stores.git_commit(),
         "overrides": redact(overrides),
         "device": str(device),
         "config_hash": run_hash,
@@ -158,7 +160,8 @@ class Setup:
 
 
 def build(cfg: DictConfig, dataset, device) -> Setup:
-    from mlp_experiments import data, engine, losses, optim
+    from mlp_experiments import engine, losses, optim
+    from mlp_experiments.batches import make_batches
     from mlp_experiments.config.policy import instantiate
 
     model = instantiate(cfg.model, in_features=dataset.in_features,
@@ -171,11 +174,11 @@ def build(cfg: DictConfig, dataset, device) -> Setup:
             regularization.decay_biases,
         )
     objective = engine.Objective(
-        instantiate(cfg.loss), losses.Scoring(regression=dataset.regression), penalty
+        instantiate(cfg.loss), losses.Scoring(Task.of(cfg.data)), penalty
     )
     optimizer = optim.build_optimizer(cfg.optimizer, regularization, model)
     batches = {
-        split: data.make_batches(dataset, split, cfg.trainer.batch_size, device,
+        split: make_batches(dataset, split, cfg.trainer.batch_size, device,
                                  cfg.data.loader.value)
         for split in ("train", "val", "test")
     }
@@ -227,7 +230,7 @@ def model_output(cfg: DictConfig, dataset) -> str:
     """What the trained network returns, for the served model (see models.ServingModel)."""
     if dataset.regression:
         return "values"
-    if cfg.model._target_ in PROBABILITY_MODELS:
+    if model_schema(cfg).outputs == "probabilities":
         return "probabilities"
     return "binary" if model_shape(cfg)[1] == 1 else "logits"
 
@@ -243,8 +246,7 @@ def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best validation accuracy (RMSE for regression), the
     value Hydra sweepers optimise."""
     try:
-        regression = data_task(cfg.data)[0] == "regression"
-        return train(cfg).best("val_rmse" if regression else "val_acc")
+        return train(cfg).best(Task.of(cfg.data).objective)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
 

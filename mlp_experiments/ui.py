@@ -1,5 +1,5 @@
-"""`python -m mlp_experiments.ui [port=5000] [dashboard_port=8080] [host=127.0.0.1]
-[tracking.uri=sqlite:///mlflow.db] [storage=sqlite:///optuna.db]`
+"""`mlp-ui [ui.port=5000] [ui.dashboard_port=8080] [ui.host=127.0.0.1]
+[ui.storage=sqlite:///optuna.db] [tracking.uri=sqlite:///mlflow.db]`
 
 Starts the MLflow UI on the project's tracking store and, when a study storage exists,
 optuna-dashboard beside it; prints both addresses; Ctrl-C stops both.
@@ -14,26 +14,38 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlp_experiments.config.schemas import TrackingConfig
+from omegaconf import DictConfig
+
+from mlp_experiments import cli
+from mlp_experiments.cli import described
 from mlp_experiments.errors import UserError
 
-DEFAULTS = {"port": "5000", "dashboard_port": "8080", "host": "127.0.0.1",
-            "tracking.uri": os.environ.get("MLFLOW_TRACKING_URI", TrackingConfig.uri),
-            "storage": "sqlite:///optuna.db"}
+
+@dataclass
+class UiSettings:
+    port: int = described(5000, "the MLflow UI's port")
+    dashboard_port: int = described(8080, "optuna-dashboard's port")
+    host: str = described("127.0.0.1", "the address both bind (anyone who reaches it can "
+                                       "change the runs: see Trust boundary in README.md)")
+    storage: str = described("sqlite:///optuna.db", "the study storage optuna-dashboard "
+                                                    "shows, when it exists")
 
 
-def parse_arguments(arguments: list[str]) -> dict[str, str]:
-    values = dict(DEFAULTS)
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key not in DEFAULTS or not value:
-            raise UserError(
-                f"'{argument}' is not an option: use {', '.join(DEFAULTS)} (key=value)."
-            )
-        values[key] = value
-    return values
+@dataclass
+class UiKeys:
+    ui: UiSettings = field(default_factory=UiSettings)
+    tracking: cli.TrackingStore = field(default_factory=cli.TrackingStore)
+
+
+COMMAND = cli.Command(
+    "ui", "Start the MLflow UI on the tracking store and, when the study storage exists, "
+    "optuna-dashboard beside it; Ctrl-C stops both.", UiKeys,
+    renamed={"port": "ui.port", "dashboard_port": "ui.dashboard_port", "host": "ui.host",
+             "storage": "ui.storage"},
+)
 
 
 def check_port_free(host: str, port: int, option: str, taken: set[int]) -> None:
@@ -55,21 +67,20 @@ def study_storage_exists(storage: str) -> bool:
     return True  # a server URL: let optuna-dashboard say whether it answers
 
 
-def commands(values: dict[str, str]) -> list[tuple[str, list[str], str]]:
+def commands(cfg: DictConfig) -> list[tuple[str, list[str], str]]:
     """(name, command, address) of each server to start."""
-    host = values["host"]
+    host, ui = cfg.ui.host, cfg.ui
     servers = [("MLflow UI",
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                 values["tracking.uri"], "--host", host, "--port", values["port"],
-                 "--workers", "1"],
-                f"http://{host}:{values['port']}")]
-    if study_storage_exists(values["storage"]):
+                 cfg.tracking.uri, "--host", host, "--port", str(ui.port), "--workers", "1"],
+                f"http://{host}:{ui.port}")]
+    if study_storage_exists(ui.storage):
         # Beside this interpreter: the environment need not be activated.
         dashboard = Path(sys.executable).parent / "optuna-dashboard"
         servers.append(("Optuna dashboard",
-                        [str(dashboard), values["storage"], "--host", host,
-                         "--port", values["dashboard_port"]],
-                        f"http://{host}:{values['dashboard_port']}"))
+                        [str(dashboard), ui.storage, "--host", host,
+                         "--port", str(ui.dashboard_port)],
+                        f"http://{host}:{ui.dashboard_port}"))
     return servers
 
 
@@ -86,12 +97,16 @@ def stop(processes: list[subprocess.Popen]) -> None:
             os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
 
 
-def serve(values: dict[str, str]) -> None:
-    servers = commands(values)
-    ports = {int(values["port"]), int(values["dashboard_port"])}
-    check_port_free(values["host"], int(values["port"]), "port", ports)
+def serve(cfg: DictConfig) -> None:
+    ui = cfg.ui
+    for option in ("port", "dashboard_port"):
+        if not 0 < ui[option] < 65536:
+            raise UserError(f"ui.{option}={ui[option]}: a port is a number from 1 to 65535.")
+    servers = commands(cfg)
+    ports = {ui.port, ui.dashboard_port}
+    check_port_free(ui.host, ui.port, "ui.port", ports)
     if len(servers) > 1:
-        check_port_free(values["host"], int(values["dashboard_port"]), "dashboard_port", ports)
+        check_port_free(ui.host, ui.dashboard_port, "ui.dashboard_port", ports)
     # SIGTERM (kill, docker stop, a CI timeout) stops the servers as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     processes = []
@@ -101,7 +116,7 @@ def serve(values: dict[str, str]) -> None:
         for name, _, address in servers:
             print(f"{name}: {address}", flush=True)
         if len(servers) == 1:
-            print(f"(no study storage at {values['storage']}: no Optuna dashboard)", flush=True)
+            print(f"(no study storage at {ui.storage}: no Optuna dashboard)", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -112,7 +127,8 @@ def serve(values: dict[str, str]) -> None:
 
 def main(arguments: list[str] | None = None) -> None:
     try:
-        serve(parse_arguments(sys.argv[1:] if arguments is None else arguments))
+        cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
+        serve(cfg)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -181,9 +181,9 @@ def servers(store) -> Servers:
     log = store.folder / "ui.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlp_experiments.ui", f"port={port}",
-             f"dashboard_port={dashboard_port}", f"host={HOST}",
-             f"tracking.uri={store.tracking_uri}", f"storage={store.storage}"],
+            [sys.executable, "-m", "mlp_experiments.ui", f"ui.port={port}",
+             f"ui.dashboard_port={dashboard_port}", f"ui.host={HOST}",
+             f"tracking.uri={store.tracking_uri}", f"ui.storage={store.storage}"],
             cwd=store.folder, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: nothing it starts outlives the tests
             preexec_fn=default_sigint,
@@ -409,9 +409,9 @@ def test_optuna_dashboard_lists_the_study_and_shows_its_trials(page, servers, st
 # ---------------------------------------------------------------------------- the command
 
 
-@pytest.mark.parametrize("option", ["port", "dashboard_port"])
+@pytest.mark.parametrize("option", ["ui.port", "ui.dashboard_port"])
 def test_a_port_in_use_is_refused_quickly_with_another_suggested(tmp_path, option):
-    ports = dict(zip(("port", "dashboard_port"), two_free_ports(), strict=True))
+    ports = dict(zip(("ui.port", "ui.dashboard_port"), two_free_ports(), strict=True))
     (tmp_path / "optuna.db").touch()  # a study storage: the dashboard's port is checked too
     with socket.socket() as taken:
         taken.bind((HOST, ports[option]))
@@ -419,8 +419,8 @@ def test_a_port_in_use_is_refused_quickly_with_another_suggested(tmp_path, optio
         started = time.monotonic()
         finished = subprocess.run(
             [sys.executable, "-m", "mlp_experiments.ui", *(f"{k}={v}" for k, v in ports.items()),
-             f"host={HOST}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-             f"storage=sqlite:///{tmp_path / 'optuna.db'}"],
+             f"ui.host={HOST}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+             f"ui.storage=sqlite:///{tmp_path / 'optuna.db'}"],
             cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )
         elapsed = time.monotonic() - started
@@ -456,5 +456,5 @@ def test_the_command_may_start_again_at_once_on_the_ports_it_freed(servers):
     if servers.process.poll() is None:
         pytest.skip("the servers are still running")
     ports = {servers.port, servers.dashboard_port}
-    check_port_free(HOST, servers.port, "port", ports)  # raises UserError if it looks in use
-    check_port_free(HOST, servers.dashboard_port, "dashboard_port", ports)
+    check_port_free(HOST, servers.port, "ui.port", ports)  # raises UserError if it looks in use
+    check_port_free(HOST, servers.dashboard_port, "ui.dashboard_port", ports)

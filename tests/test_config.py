@@ -5,8 +5,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from mlp_experiments.config.compose import check_overrides, compose_config, with_values
-from mlp_experiments.config.identity import config_hash
+from mlp_experiments.config.identity import config_hash, decides_the_result
 from mlp_experiments.errors import UserError
+from mlp_experiments.sweep.presets import preset_yaml
 
 
 def error_for(*overrides: str) -> str:
@@ -77,6 +78,18 @@ def test_config_hash_ignores_where_results_go_but_not_what_decides_them():
     assert base == config_hash(compose_config(["trainer.resume=true"]), "data")
     assert base != config_hash(compose_config(["optimizer.lr=0.1"]), "data")
     assert base != config_hash(compose_config(), "other data")
+    for override in ("trainer.checkpoint_dir=/elsewhere", "data.root=/elsewhere"):
+        assert base == config_hash(compose_config([override]), "data")
+
+
+def test_a_best_preset_keeps_what_the_hash_keeps_and_drops_the_rest():
+    not_the_result = ["tracking.uri=sqlite:///other.db", "trainer.resume=true",
+                      "trainer.checkpoint_dir=/tmp/checkpoints", "data.root=/tmp/data"]
+    text = preset_yaml(["optimizer=adam", "optimizer.lr=0.01", *not_the_result], "a comment")
+    assert "checkpoint" not in text and "/tmp" not in text and "tracking" not in text
+    assert all(not decides_the_result(o.split("=")[0]) for o in not_the_result)
+    assert decides_the_result("optimizer.lr") and decides_the_result("trainer.epochs")
+    assert "lr: 0.01" in text and "override /optimizer: adam" in text
 
 
 def test_a_typo_on_the_command_line_is_answered_before_torch_is_imported():

@@ -6,6 +6,7 @@ import torch
 from conftest import FASHION_DIR, write_idx, write_tiny_release
 
 from mlp_experiments import data
+from mlp_experiments.batches import DeviceBatches, LoaderBatches
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
 
@@ -88,7 +89,7 @@ def test_validation_size_must_leave_training_examples():
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("batches_class", [data.DeviceBatches, data.LoaderBatches])
+@pytest.mark.parametrize("batches_class", [DeviceBatches, LoaderBatches])
 def test_batches_yield_every_example_exactly_once_per_epoch(batches_class):
     images = torch.randint(0, 256, (103, 28, 28), dtype=torch.uint8)
     labels = torch.arange(103)
@@ -108,8 +109,8 @@ def test_batches_yield_every_example_exactly_once_per_epoch(batches_class):
 def test_device_batches_match_the_notes_to_tensor_and_normalize_path(stats):
     images = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
     labels = torch.arange(20)
-    ours = list(data.DeviceBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
-    notes = list(data.LoaderBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
+    ours = list(DeviceBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
+    notes = list(LoaderBatches(images, labels, 8, CPU, False, stats).epoch(0, 0))
     for (x_ours, y_ours), (x_notes, y_notes) in zip(ours, notes, strict=True):
         assert x_ours.shape == x_notes.shape == (len(y_ours), 1, 28, 28)
         assert torch.allclose(x_ours, x_notes, atol=1e-6)

@@ -51,8 +51,8 @@ def run_evaluate(run_id: str, tracking_uri: str, cwd: pathlib.Path):
     cwd.mkdir()
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
-        [sys.executable, "-m", "mlp_experiments.evaluate", f"run_id={run_id}",
-         f"tracking.uri={tracking_uri}", f"out={cwd / 'evaluation'}"],
+        [sys.executable, "-m", "mlp_experiments.evaluate", f"evaluate.run_id={run_id}",
+         f"tracking.uri={tracking_uri}", f"evaluate.out_dir={cwd / 'evaluation'}"],
         cwd=cwd, env=environment, capture_output=True, text=True,
     )
 
@@ -132,7 +132,8 @@ def test_a_pickle_payload_in_the_served_model_is_never_loaded(log_run, tracking_
                                   scores["test_examples"])
     assert not marker.exists()
 
-    evaluate.main([f"run_id={run_id}", f"tracking.uri={tracking_uri}", f"out={tmp_path}"])
+    evaluate.main([f"evaluate.run_id={run_id}", f"tracking.uri={tracking_uri}",
+                   f"evaluate.out_dir={tmp_path}"])
     assert os.environ[PICKLE_SWITCH] == "false"
     with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
         mlflow.pyfunc.load_model(model.artifact_location)

@@ -86,12 +86,13 @@ def assert_png(path):
 
 
 def test_main_activations_writes_a_png(tmp_path, capsys):
-    plots.main(["activations", "--out", str(tmp_path)])
+    plots.main(["plots.figure=activations", f"plots.out_dir={tmp_path}"])
     assert_png(tmp_path / "activations.png")
     assert str(tmp_path / "activations.png") in capsys.readouterr().out
 
 
 def test_main_schedules_writes_a_png(tmp_path, capsys):
-    plots.main(["schedules", "--out", str(tmp_path / "figures"), "--epochs", "20"])
+    plots.main(["plots.figure=schedules", f"plots.out_dir={tmp_path / 'figures'}",
+                "plots.epochs=20"])
     assert_png(tmp_path / "figures" / "schedules.png")
     assert str(tmp_path / "figures" / "schedules.png") in capsys.readouterr().out

@@ -1,7 +1,8 @@
-"""Every command README.md shows in its ```bash blocks that runs one of our modules
-(`uv run python -m mlp_experiments.<kind> ...`), run as a user runs it: a subprocess in a fresh
-working directory, with the environment's Python (what `uv run python` starts), one SQLite
-tracking store of its own and small-size overrides appended per kind.
+"""Every command README.md shows in its ```bash blocks that runs one of our commands
+(`uv run mlp-<kind> ...`, or `uv run python -m mlp_experiments.<kind> ...`), run as a user runs
+it: a subprocess in a fresh working directory, the environment's console script (what `uv run
+mlp-<kind>` starts) or Python, one SQLite tracking store of its own and small-size overrides
+appended per kind.
 
 The commands are read from README.md, so a new one is covered automatically; one of a kind this
 file does not know fails, so that none goes untested. Placeholders (`<id>`) are filled from the
@@ -38,10 +39,12 @@ from conftest import (
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp_experiments import evaluate
+from mlp_experiments import cli, evaluate
+from mlp_experiments.config.choices import DatasetName
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.identity import config_hash
-from mlp_experiments.config.schemas import DatasetName
+from mlp_experiments.report import command as report_command
+from mlp_experiments.sweep import command as sweep_command
 from mlp_experiments.sweep import presets, spec
 from mlp_experiments.sweep import study as studies
 
@@ -50,6 +53,8 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = ("uv", "run", "python", "-m")
 PACKAGE = "mlp_experiments."
+SCRIPT = "mlp-"  # the console scripts, `uv run mlp-<kind>`
+BIN = Path(sys.executable).parent
 PARALLEL = 2  # commands at a time, for the 2-core CI machine
 TIMEOUT_S = 600  # one command
 UI_START_TIMEOUT_S = 120
@@ -65,8 +70,14 @@ ENVIRONMENT = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_U
 @dataclass(frozen=True)
 class Command:
     index: int  # its place among the README's commands
-    kind: str  # the module it runs: train, sweep, report, evaluate, ui, plots
+    kind: str  # the command it runs: train, sweep, report, evaluate, ui, plots
     arguments: tuple[str, ...]
+    script: bool  # `uv run mlp-<kind>`, else `uv run python -m mlp_experiments.<kind>`
+
+    def program(self) -> list[str]:
+        if self.script:
+            return [str(BIN / f"{SCRIPT}{self.kind}")]
+        return [sys.executable, "-m", PACKAGE + self.kind]
 
 
 def readme_commands() -> list[Command]:
@@ -77,7 +88,10 @@ def readme_commands() -> list[Command]:
         words = shlex.split(line, comments=True)
         if tuple(words[:4]) == PREFIX and len(words) > 4 and words[4].startswith(PACKAGE):
             commands.append(Command(len(commands), words[4].removeprefix(PACKAGE),
-                                    tuple(words[5:])))
+                                    tuple(words[5:]), script=False))
+        elif tuple(words[:2]) == PREFIX[:2] and len(words) > 2 and words[2].startswith(SCRIPT):
+            commands.append(Command(len(commands), words[2].removeprefix(SCRIPT),
+                                    tuple(words[3:]), script=True))
     return commands
 
 
@@ -108,9 +122,16 @@ def jobs(command: Command) -> int:
                 for override in parsed_overrides(command) if override.is_sweep_override())
 
 
+def keys_of(command: Command, arguments: list[str] | None = None):
+    """(the command's config, the arguments it passes on) as the command reads them."""
+    parsed = {"sweep": sweep_command.COMMAND, "report": report_command.COMMAND,
+              "evaluate": evaluate.COMMAND}[command.kind]
+    return cli.parse(parsed, list(command.arguments) if arguments is None else arguments)
+
+
 def sweep_of(command: Command):
     """(the sweep's settings, its training overrides) of a sweep or report command."""
-    _, arguments = command.split_output(list(command.arguments))
+    _, arguments = keys_of(command)
     name, sweep_overrides, training = spec.split_arguments(arguments)
     return spec.load_sweep(name, sweep_overrides), training
 
@@ -216,7 +237,7 @@ class Workspace:
             future.result()
         arguments = [self.fill(argument) for argument in command.arguments]
         return subprocess.run(
-            [sys.executable, "-m", PACKAGE + command.kind, *arguments, *self.appended(command)],
+            [*command.program(), *arguments, *self.appended(command)],
             cwd=self.folder, env=ENVIRONMENT, capture_output=True, text=True, timeout=TIMEOUT_S,
         )
 
@@ -332,7 +353,7 @@ def check_sweep(workspace: Workspace, command: Command) -> None:
 def check_report(workspace: Workspace, command: Command) -> None:
     process = workspace.result(command)
     succeeded(process)
-    folder, _ = command.split_output(list(command.arguments))
+    folder = Path(keys_of(command)[0].report.out_dir)
     sweep, _ = sweep_of(command)
     path = folder / sweep.study_name / "report.md"
     assert process.stdout.splitlines()[0] == str(path)
@@ -350,8 +371,7 @@ def check_evaluate(workspace: Workspace, command: Command) -> None:
     assert "the same as the run's logged" in process.stdout
     assert "NOT the same" not in process.stdout
     run_id = workspace.model_run_id()
-    out = evaluate.parse_arguments([workspace.fill(a) for a in command.arguments]).get(
-        "out", "evaluation")
+    out = keys_of(command, [workspace.fill(a) for a in command.arguments])[0].evaluate.out_dir
     table = workspace.folder / out / run_id / "per_class_accuracy.md"
     assert table.read_text().count("\n") == 2 + 10  # header, separator, one row per class
 
@@ -369,8 +389,8 @@ def check_ui(workspace: Workspace, command: Command) -> None:
     log = workspace.folder / f"ui-{command.index}.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlp_experiments.ui", *command.arguments, f"port={port}",
-             f"dashboard_port={dashboard_port}", f"tracking.uri={workspace.tracking_uri}"],
+            [*command.program(), *command.arguments, f"ui.port={port}",
+             f"ui.dashboard_port={dashboard_port}", f"tracking.uri={workspace.tracking_uri}"],
             cwd=workspace.folder, env=ENVIRONMENT, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=default_sigint,
         )

@@ -343,7 +343,7 @@ def test_cli_writes_the_report_and_logs_it(tmp_path, tracking_uri, parent_run, c
     study = search_study(name="pytest_cli_study", storage=storage)
     study.set_user_attr("mlflow_parent_run_id", run_id)
     command.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
-                 f"sweep.storage={storage}", f"out={tmp_path / 'docs'}",
+                 f"sweep.storage={storage}", f"report.out_dir={tmp_path / 'docs'}",
                  f"tracking.uri={tracking_uri}"])
     path = tmp_path / "docs" / "pytest_cli_study" / "report.md"
     assert capsys.readouterr().out.splitlines()[0] == str(path)
@@ -367,7 +367,7 @@ def test_cli_skips_mlflow_when_tracking_is_off(tmp_path, parent_run, capsys):
     study = search_study(name="pytest_cli_study", storage=storage)
     study.set_user_attr("mlflow_parent_run_id", run_id)
     command.main(["sweep=search_mlp", "sweep.study_name=pytest_cli_study",
-                 f"sweep.storage={storage}", f"out={tmp_path}", "tracking=none"])
+                 f"sweep.storage={storage}", f"report.out_dir={tmp_path}", "tracking=none"])
     assert (tmp_path / "pytest_cli_study" / "report.md").is_file()
     assert client.list_artifacts(run_id) == []
     assert "logged to MLflow" not in capsys.readouterr().out

@@ -197,7 +197,7 @@ def test_a_study_name_cannot_escape_its_folder(tmp_path):
     optuna.create_study(study_name="../../escape", storage=storage)
     out = tmp_path / "reports" / "docs"
     marker = tmp_path / "escape"  # out / "../../escape"
-    for module, extra in (("report", [f"out={out}"]), ("sweep", [])):
+    for module, extra in (("report", [f"report.out_dir={out}"]), ("sweep", [])):
         result = command(module, f"sweep={sweep_file}", "sweep.study_name=../../escape",
                          f"sweep.storage={storage}", *QUICK, *extra, cwd=tmp_path)
         assert_refused(result, "sweep.study_name='../../escape'", marker=marker)

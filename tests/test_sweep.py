@@ -276,13 +276,14 @@ def test_the_trial_of_a_killed_worker_is_failed_by_its_heartbeat_and_retried(
 
     text = """
 study_name: tiny_killed
-overrides: [data.train_size=20000, trainer.epochs=60]
+overrides: [data.train_size=20000]
 space:
   optimizer.lr: choice(0.1)
 sampler: grid
 pruner: none
 """
-    arguments = sweep_file(text)
+    # 60 epochs (the command line's last word): the worker is killed long before its end
+    arguments = sweep_file(text, "trainer.epochs=60")
     arguments[0] = f"sweep={spec.SWEEPS_DIR / 'tiny.yaml'}"  # the worker cannot see monkeypatch
     worker = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sweep", *arguments],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

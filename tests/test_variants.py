@@ -11,8 +11,10 @@ from conftest import write_tiny_release
 from hydra.utils import instantiate
 
 from mlp_experiments import data, engine, losses, models, optim
+from mlp_experiments.batches import DeviceBatches, make_batches
 from mlp_experiments.config.compose import check_overrides, compose_config
 from mlp_experiments.errors import UserError
+from mlp_experiments.task import Task
 from mlp_experiments.train import train
 
 
@@ -218,7 +220,7 @@ def test_scratch_and_concise_training_end_with_the_same_parameters(workdir):
     concise MLP + torch SGD on the mean loss, step for step."""
     dataset = data.load_dataset(compose_config(
         ["data=synthetic", "data.train_size=1000", "data.val_size=200"]).data)
-    batches = {split: data.make_batches(dataset, split, 100, torch.device("cpu"), "device")
+    batches = {split: make_batches(dataset, split, 100, torch.device("cpu"), "device")
                for split in ("train", "val", "test")}
     torch.manual_seed(0)
     scratch = models.ScratchMLP(784, 10, hidden_sizes=[32])
@@ -229,7 +231,7 @@ def test_scratch_and_concise_training_end_with_the_same_parameters(workdir):
             layer.weight.copy_(weight.T)
             layer.bias.copy_(bias)
     settings = engine.FitSettings(epochs=2, seed=0)
-    scoring = losses.Scoring(regression=False)
+    scoring = losses.Scoring(Task(regression=False, num_classes=10))
     runs = [
         (scratch, "scratch_cross_entropy", optim.ScratchSGD(scratch.parameters(), lr=0.1,
                                                            batch_size=100)),
@@ -252,7 +254,8 @@ def test_explicit_l2_penalty_and_weight_decay_give_the_same_sgd_step():
     second = models.MLP(784, 10, hidden_sizes=[16])
     second.load_state_dict(first.state_dict())
     inputs, labels = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    loss_fn, scoring = torch.nn.CrossEntropyLoss(), losses.Scoring(regression=False)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    scoring = losses.Scoring(Task(regression=False, num_classes=10))
     decay = compose_config(["regularization=weight_decay",
                             "regularization.weight_decay=0.01"]).regularization
     penalty = compose_config(["regularization=l2_penalty",
@@ -291,7 +294,7 @@ def test_normalisation_choices():
     assert std == pytest.approx(pixels.std(ddof=1), rel=1e-4)
     assert data.normalization(compose_config(["data.normalize=mnist"]).data, images) == (
         0.1307, 0.3081)
-    batches = data.DeviceBatches(images, torch.zeros(50), 50, torch.device("cpu"), False,
+    batches = DeviceBatches(images, torch.zeros(50), 50, torch.device("cpu"), False,
                                  (mean, std))
     (normalised, _), = batches.epoch(0, 0)
     assert normalised.mean().item() == pytest.approx(0.0, abs=1e-5)

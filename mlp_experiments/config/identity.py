@@ -8,15 +8,26 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# The keys that do not decide a run's result: where it is recorded, where its checkpoints and
+# data lie, whether it resumes. Its hash leaves them out, and so does a preset that reproduces it.
+NOT_THE_RESULT = ("tracking", "trainer.resume", "trainer.checkpoint_dir", "data.root")
+
+
+def decides_the_result(key: str) -> bool:
+    """False for a key of NOT_THE_RESULT or under one (`tracking.uri`)."""
+    return not any(key == other or key.startswith(f"{other}.") for other in NOT_THE_RESULT)
+
 
 def config_hash(cfg: DictConfig, data_digest: str) -> str:
     """Identifies the exact configuration: the part of the resolved config that decides the
-    result (not where it is recorded, where the data lies or whether it resumes) and the data."""
+    result, and the data."""
     view = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    view.pop("tracking", None)
-    view["trainer"].pop("resume", None)
-    view["trainer"].pop("checkpoint_dir", None)
-    view["data"].pop("root", None)
+    for key in NOT_THE_RESULT:
+        *parents, name = key.split(".")
+        node = view
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(name, None)
     text = json.dumps(view, sort_keys=True)
     return hashlib.sha256(f"{text}|{data_digest}".encode()).hexdigest()[:16]
 

@@ -8,76 +8,23 @@ Hydra composes, with the key and the allowed values in the message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Loader(StrEnum):
-    device = "device"  # decoded once, batched on the training device
-    torch = "torch"  # the notes' DataLoader + ToTensor, one PIL image at a time
-
-
-class DatasetName(StrEnum):
-    fashion_mnist = "fashion_mnist"
-    mnist = "mnist"
-    synthetic = "synthetic"
-    regression = "regression"
-
-
-class Normalize(StrEnum):
-    none = "none"  # pixels in [0, 1], as ToTensor gives them
-    mnist = "mnist"  # (x - 0.1307) / 0.3081, the MNIST statistics note 003 uses
-    computed = "computed"  # mean and std of the training images
-
-
-class Activation(StrEnum):
-    relu = "relu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-    leaky_relu = "leaky_relu"
-    prelu = "prelu"
-    softplus = "softplus"
-    elu = "elu"
-    gelu = "gelu"
-
-
-class Init(StrEnum):
-    default = "default"  # whatever torch.nn.Linear does
-    normal = "normal"  # N(0, init_std), the notes' choice
-    xavier_normal = "xavier_normal"
-    xavier_uniform = "xavier_uniform"
-    kaiming_normal = "kaiming_normal"
-    kaiming_uniform = "kaiming_uniform"
-
-
-class BiasInit(StrEnum):
-    default = "default"  # torch.nn.Linear's own
-    zeros = "zeros"
-    normal = "normal"  # N(0, init_std) like the weights (note 000's concise MLP)
-
-
-class DropoutImpl(StrEnum):
-    nn = "nn"  # torch.nn.Dropout
-    scratch = "scratch"  # the notes' mask = rand > p; x * mask / (1 - p)
-
-
-class Reduction(StrEnum):
-    mean = "mean"
-    sum = "sum"
-
-
-class Precision(StrEnum):
-    fp32 = "fp32"
-    bf16 = "bf16"  # autocast of the forward pass
+from mlp_experiments.config.choices import (
+    Activation,
+    BiasInit,
+    DatasetName,
+    Device,
+    DropoutImpl,
+    Init,
+    Loader,
+    Normalize,
+    Precision,
+    Reduction,
+)
 
 
 @dataclass
@@ -115,7 +62,15 @@ class RegressionDataConfig(DataConfig):
 
 
 @dataclass
-class MLPConfig:
+class ModelConfig:
+    """What a model schema says of its class besides its arguments (see checks)."""
+
+    outputs: ClassVar[str] = "logits"  # or "probabilities": the notes' own softmax networks
+    needs_images: ClassVar[bool] = False  # True: 28x28 images, not flat feature vectors
+
+
+@dataclass
+class MLPConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.MLP"
     hidden_sizes: list[int] = field(default_factory=lambda: [256])
     activation: Activation = Activation.relu
@@ -129,20 +84,23 @@ class MLPConfig:
 
 
 @dataclass
-class ScratchMLPConfig:
+class ScratchMLPConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.ScratchMLP"
     hidden_sizes: list[int] = field(default_factory=lambda: [256])
     init_std: float = 0.01
+    outputs: ClassVar[str] = "probabilities"
 
 
 @dataclass
-class ModelDemoConfig:
+class ModelDemoConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.ModelDemo"
+    outputs: ClassVar[str] = "probabilities"
 
 
 @dataclass
-class CNNConfig:
+class CNNConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.CNN"
+    needs_images: ClassVar[bool] = True
 
 
 @dataclass
@@ -244,12 +202,71 @@ class CosineLRConfig:
 
 @dataclass
 class LossConfig:
+    """An allowed loss; the schemas below say of each of ours what it compares (`task`:
+    classification, binary or regression), what it takes from the model (`takes`: logits,
+    probabilities or values) and which option of conf/loss/ selects it (see checks)."""
+
     _target_: str = MISSING
     reduction: Reduction = Reduction.mean
+    task: ClassVar[str | None] = None
+    takes: ClassVar[str | None] = None
+    option: ClassVar[str | None] = None
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    option: ClassVar[str] = "cross_entropy"
+    task: ClassVar[str] = "classification"
+    takes: ClassVar[str] = "logits"
+
+
+@dataclass
+class NLLConfig(LossConfig):
+    option: ClassVar[str] = "nll"
+    task: ClassVar[str] = "classification"
+    takes: ClassVar[str] = "logits"
+
+
+@dataclass
+class OneHotMSEConfig(LossConfig):
+    option: ClassVar[str] = "mse_onehot"
+    task: ClassVar[str] = "classification"
+    takes: ClassVar[str] = "logits"
+
+
+@dataclass
+class ScratchCrossEntropyConfig(LossConfig):
+    option: ClassVar[str] = "scratch_cross_entropy"
+    task: ClassVar[str] = "classification"
+    takes: ClassVar[str] = "probabilities"
+
+
+@dataclass
+class BCEConfig(LossConfig):
+    option: ClassVar[str] = "bce"
+    task: ClassVar[str] = "binary"
+    takes: ClassVar[str] = "logits"
+
+
+@dataclass
+class L1Config(LossConfig):
+    option: ClassVar[str] = "l1"
+    task: ClassVar[str] = "regression"
+    takes: ClassVar[str] = "values"
+
+
+@dataclass
+class MSEConfig(LossConfig):
+    option: ClassVar[str] = "mse"
+    task: ClassVar[str] = "regression"
+    takes: ClassVar[str] = "values"
 
 
 @dataclass
 class SmoothL1Config(LossConfig):
+    option: ClassVar[str] = "smooth_l1"
+    task: ClassVar[str] = "regression"
+    takes: ClassVar[str] = "values"
     beta: float = 1.0
 
 
@@ -346,6 +363,13 @@ TARGET_SCHEMAS = {
     "torch.optim.lr_scheduler.MultiStepLR": MultiStepLRConfig,
     "torch.optim.lr_scheduler.ExponentialLR": ExponentialLRConfig,
     "torch.optim.lr_scheduler.CosineAnnealingLR": CosineLRConfig,
+    "torch.nn.CrossEntropyLoss": CrossEntropyConfig,
+    "mlp_experiments.losses.LogSoftmaxNLL": NLLConfig,
+    "mlp_experiments.losses.OneHotMSE": OneHotMSEConfig,
+    "mlp_experiments.losses.ScratchCrossEntropy": ScratchCrossEntropyConfig,
+    "mlp_experiments.losses.SigmoidBCE": BCEConfig,
+    "torch.nn.L1Loss": L1Config,
+    "torch.nn.MSELoss": MSEConfig,
     "torch.nn.SmoothL1Loss": SmoothL1Config,
 }
 

@@ -1,8 +1,9 @@
-"""`python -m mlp_experiments.report sweep=<name> [sweep.key=value ...] [out=DIR]`
+"""`mlp-report sweep=<name> [sweep.key=value ...] [report.out_dir=DIR] [training overrides]`
 
-Writes a Markdown report of the Optuna study that `python -m mlp_experiments.sweep` ran, with its
-figures, to `DIR/<study_name>/report.md` (DIR defaults to `outputs/reports` under the working
-directory), and logs the folder to the study's MLflow parent run. A comparison (named variants
+Writes a Markdown report of the Optuna study that `mlp-sweep` ran, with its figures, to
+`DIR/<study_name>/report.md` (DIR defaults to `outputs/reports` under the working directory),
+and logs the folder to the study's MLflow parent run (its `tracking.uri`, from the sweep file and
+the training overrides). A comparison (named variants
 x seeds) gets per-variant means with 95% confidence intervals and Welch t-tests that say which
 differences exceed the seed-to-seed noise; a search gets its top trials, parameter importances
 and the best configuration as a command.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -20,13 +22,46 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from mlp_experiments import cli
+from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
 from mlp_experiments.report.markdown import write_report
-from mlp_experiments.sweep.spec import load_sweep, split_arguments, storage_url
+from mlp_experiments.sweep.spec import (
+    SweepConfig,
+    available_sweeps,
+    describe_arguments,
+    load_sweep,
+    split_arguments,
+    storage_url,
+)
 from mlp_experiments.sweep.study import make_storage
 
-REPORTS_DIR = Path("outputs") / "reports"  # under the working directory; out=DIR overrides
+REPORTS_DIR = Path("outputs") / "reports"  # under the working directory
+
+
+@dataclass
+class ReportSettings:
+    out_dir: str = described(str(REPORTS_DIR), "writes OUT_DIR/<study_name>/report.md and its "
+                                               "figures")
+
+
+@dataclass
+class ReportKeys:
+    report: ReportSettings = field(default_factory=ReportSettings)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+COMMAND = cli.Command(
+    "report", "Write the Markdown report of a study mlp-sweep ran, and log it to the study's "
+    "MLflow parent run.", ReportKeys,
+    choices={"sweep": f"the sweep: sweeps/<name>.yaml ({available_sweeps()}) or a YAML file"},
+    passed_on=("sweep",), training=True, renamed={"out": "report.out_dir"},
+    notes="sweep.* keys: the same as the sweep command's, to find the same study.\nAny other "
+          "KEY=VALUE is a training override, as the sweep's: tracking.uri=... or tracking=none "
+          "say where (whether) to log the report.",
+    describe=lambda cfg, arguments: {"report": cfg.report, **describe_arguments(arguments)},
+)
 
 
 def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
@@ -65,15 +100,9 @@ def load_existing_study(sweep: DictConfig, name: str):
         raise missing from None
 
 
-def split_output(arguments: list[str]) -> tuple[Path, list[str]]:
-    """`out=DIR` is the report's; every other argument is the sweep's."""
-    out = [a.removeprefix("out=") for a in arguments if a.startswith("out=")]
-    folder = Path(out[-1]) if out else REPORTS_DIR
-    return folder, [a for a in arguments if not a.startswith("out=")]
-
-
 def run_report(arguments: list[str]) -> Path:
-    out, arguments = split_output(arguments)
+    cfg, arguments = cli.parse(COMMAND, arguments)
+    out = Path(cfg.report.out_dir)
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
     study = load_existing_study(sweep, name)

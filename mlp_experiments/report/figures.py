@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mlp_experiments.report.trials import Score, Variant, mean_curve
+from mlp_experiments.report.trials import Variant, mean_curve
+from mlp_experiments.task import Task
 
 DPI = 120
 
@@ -39,10 +40,10 @@ def save_optuna_plot(plot, path: Path, *args, **kwargs) -> None:
         save(figure, path, bbox_inches="tight")
 
 
-def score_figure(variants: list[Variant], score: Score) -> Figure:
+def score_figure(variants: list[Variant], task: Task) -> Figure:
     """Mean final test score per variant, 95% CI as error bars, each seed as a dot."""
     variants = [v for v in variants if v.trials]
-    summaries = [v.test(score) for v in variants]
+    summaries = [v.test(task) for v in variants]
     errors = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
     positions = np.arange(len(variants))
     figure, axis = plt.subplots(figsize=(max(6.0, 1.4 * len(variants) + 2), 4.5))
@@ -50,32 +51,32 @@ def score_figure(variants: list[Variant], score: Score) -> Figure:
              color=[f"C{i}" for i in positions], label="mean, 95% CI")
     for position, variant, summary, error in zip(positions, variants, summaries, errors,
                                                  strict=True):
-        values = variant.test_values(score)
+        values = variant.test_values(task)
         axis.scatter(np.full(len(values), position), values, color="black", s=14, zorder=3,
                      label="one seed" if position == 0 else None)
         axis.annotate(f"{summary.mean:.4f}", (position, summary.mean + error),
                       xytext=(0, 5), textcoords="offset points", ha="center", fontweight="bold")
     shown = [y for s, e, v in zip(summaries, errors, variants, strict=True)
-             for y in (s.mean - e, s.mean + e, *v.test_values(score))]
+             for y in (s.mean - e, s.mean + e, *v.test_values(task))]
     # Zoomed in: differences of a point or two would vanish on an axis from 0 to 1.
     margin = max(max(shown) - min(shown), 0.005) * 0.35
     axis.set_ylim(max(min(shown) - margin, 0.0), max(shown) + margin)
     axis.set_xticks(positions, [v.name for v in variants],
                     rotation=20 if max(len(v.name) for v in variants) > 10 else 0)
     axis.set_xlabel("variant")
-    axis.set_ylabel(f"test {score.label} after the last epoch")
-    axis.set_title(f"Final test {score.label} per variant (mean over seeds, 95% CI)")
+    axis.set_ylabel(f"test {task.score_label} after the last epoch")
+    axis.set_title(f"Final test {task.score_label} per variant (mean over seeds, 95% CI)")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     figure.tight_layout()
     return figure
 
 
-def curves_figure(variants: list[Variant], score: Score) -> Figure:
+def curves_figure(variants: list[Variant], task: Task) -> Figure:
     """Mean validation and test score per epoch per variant, shaded ±1 std over seeds."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for axis, split in zip(axes, ("validation", "test"), strict=True):
-        key = f"{'val' if split == 'validation' else 'test'}_{score.key}"
+        key = f"{'val' if split == 'validation' else 'test'}_{task.score}"
         for index, variant in enumerate(variants):
             epochs, mean, std = mean_curve([t.user_attrs.get("history", [])
                                             for t in variant.trials], key)
@@ -84,10 +85,10 @@ def curves_figure(variants: list[Variant], score: Score) -> Figure:
             axis.plot(epochs, mean, marker="o", markersize=3, color=f"C{index}",
                       label=f"{variant.name} ({len(variant.trials)} seeds)")
             axis.fill_between(epochs, mean - std, mean + std, color=f"C{index}", alpha=0.2)
-        axis.set_title(f"{split.capitalize()} {score.label} (mean ± 1 std over seeds)")
+        axis.set_title(f"{split.capitalize()} {task.score_label} (mean ± 1 std over seeds)")
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(score.label)
+        axis.set_ylabel(task.score_label)
         axis.grid(alpha=0.3)
     axes[0].legend(title="variant")
     figure.tight_layout()

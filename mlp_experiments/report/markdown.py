@@ -17,19 +17,18 @@ from optuna.trial import FrozenTrial, TrialState
 from mlp_experiments.report.figures import curves_figure, save, save_optuna_plot, score_figure
 from mlp_experiments.report.stats import Summary, best_first, within_noise
 from mlp_experiments.report.trials import (
-    ACCURACY,
-    Score,
     Variant,
     final,
     finished,
     group_variants,
-    score_of,
     status,
     study_kind,
+    task_of,
     trial_label,
     varying_params,
 )
 from mlp_experiments.sweep.presets import best_preset_command, best_preset_path
+from mlp_experiments.task import Task, higher_is_better
 
 TOP_TRIALS = 10
 
@@ -68,14 +67,14 @@ def seeds_text(a: int, b: int) -> str:
     return f"{a} and {b} seeds"
 
 
-def difference_text(difference: float, score: Score) -> str:
-    if score is ACCURACY:
+def difference_text(difference: float, task: Task) -> str:
+    if not task.regression:
         return f"{100 * difference:.1f} points of test accuracy"
     return f"{difference:.3g} in test RMSE"
 
 
-def comparison_sentence(a: Variant, b: Variant, score: Score) -> str:
-    values_a, values_b = a.test_values(score), b.test_values(score)
+def comparison_sentence(a: Variant, b: Variant, task: Task) -> str:
+    values_a, values_b = a.test_values(task), b.test_values(task)
     same, p = within_noise(values_a, values_b)
     seeds = seeds_text(len(values_a), len(values_b))
     if same is None:
@@ -85,28 +84,28 @@ def comparison_sentence(a: Variant, b: Variant, score: Score) -> str:
         return (f"`{a.name}` and `{b.name}` are within noise of each other "
                 f"(Welch t-test p = {p_value(p)}, {seeds}).")
     mean_a, mean_b = np.mean(values_a), np.mean(values_b)
-    a_wins = (mean_a > mean_b) == score.higher_is_better
+    a_wins = (mean_a > mean_b) == higher_is_better(task.task)
     winner, loser = (a, b) if a_wins else (b, a)
-    difference = difference_text(abs(mean_a - mean_b), score)
+    difference = difference_text(abs(mean_a - mean_b), task)
     return f"`{winner.name}` beats `{loser.name}` by {difference} (p = {p_value(p)}, {seeds})."
 
 
 def comparison_section(study, metric: str, folder: Path) -> list[str]:
     maximize = study.direction == StudyDirection.MAXIMIZE
-    score = score_of(finished(study))
+    task = task_of(finished(study))
     variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
     rows = []
     for variant in variants:
-        test, objective = variant.test(score), variant.objective()
+        test, objective = variant.test(task), variant.objective()
         rows.append([f"`{variant.name}`", str(test.n),
                      number(test.mean), number(test.std), interval(test),
                      number(objective.mean), number(objective.std), interval(objective),
                      *(str(variant.statuses[s]) for s in ("pruned", "failed", "diverged"))])
     lines = ["## Variants", "",
              f"Best first by mean best `{metric}` ({'highest' if maximize else 'lowest'} first). "
-             f"Test {score.label} is that of the last epoch; the 95% confidence interval of "
+             f"Test {task.score_label} is that of the last epoch; the 95% confidence interval of "
              f"a mean is Student's t over the seeds.", ""]
-    lines += table(["variant", "seeds", f"test {score.label}", "std", "95% CI",
+    lines += table(["variant", "seeds", f"test {task.score_label}", "std", "95% CI",
                     f"best {metric}", "std", "95% CI", "pruned", "failed", "diverged"], rows)
     reused = sum("reused_from" in t.user_attrs for t in finished(study))
     if reused:
@@ -117,12 +116,12 @@ def comparison_section(study, metric: str, folder: Path) -> list[str]:
     if len(measured) < 2:
         lines.append("Fewer than two variants have a completed trial: nothing to compare.")
         return lines
-    lines += [f"- {comparison_sentence(measured[0], other, score)}" for other in measured[1:]]
-    save(score_figure(measured, score), folder / "test_score.png")
-    save(curves_figure(measured, score), folder / "learning_curves.png")
+    lines += [f"- {comparison_sentence(measured[0], other, task)}" for other in measured[1:]]
+    save(score_figure(measured, task), folder / "test_score.png")
+    save(curves_figure(measured, task), folder / "learning_curves.png")
     lines += ["", "(Welch's t-test on the per-seed final test scores, 5% level.)", "",
               "## Figures", "",
-              f"![Final test {score.label} per variant](test_score.png)", "",
+              f"![Final test {task.score_label} per variant](test_score.png)", "",
               "![Mean learning curves per variant](learning_curves.png)"]
     return lines
 
@@ -159,24 +158,25 @@ def importances_section(study, metric: str, folder: Path) -> list[str]:
     return [*lines, "", "![Parameter importances](importances.png)"]
 
 
-def top_trials_table(trials: list[FrozenTrial], metric: str, score: Score) -> list[str]:
+def top_trials_table(trials: list[FrozenTrial], metric: str, task: Task) -> list[str]:
     names = sorted({name for t in trials for name in t.params})
     rows = [[str(rank), trial_label(t), number(t.value),
              *(param(t.params[n]) if n in t.params else "–" for n in names),
-             number(final(t, f"test_{score.key}"))]
+             number(final(t, f"test_{task.score}"))]
             for rank, t in enumerate(trials, start=1)]
     return table(["rank", "trial", metric, *(f"`{n}`" for n in names),
-                  f"test {score.label} (last epoch)"], rows)
+                  f"test {task.score_label} (last epoch)"], rows)
 
 
 def best_section(study, best: FrozenTrial, sweep: DictConfig, metric: str,
-                 score: Score) -> list[str]:
+                 task: Task) -> list[str]:
     command = shlex.join(["uv", "run", "python", "-m", "mlp_experiments.train",
                           *best.user_attrs.get("overrides", [])])
     lines = ["## Best configuration", "",
              f"Trial {best.number}, best `{metric}` {number(best.value)}:", "",
              "```bash", command, "```", "",
-             f"Test {score.label} after its last epoch: {number(final(best, f'test_{score.key}'))} "
+             f"Test {task.score_label} after its last epoch: "
+             f"{number(final(best, f'test_{task.score}'))} "
              f"(measured after the search, not used to choose it)."]
     if best_preset_path(sweep.study_name).is_file():
         lines += ["", f"The same configuration as a preset: "
@@ -191,7 +191,7 @@ def search_section(study, sweep: DictConfig, metric: str, folder: Path,
                    detailed: bool) -> list[str]:
     maximize = study.direction == StudyDirection.MAXIMIZE
     completed = finished(study)
-    score = score_of(completed)
+    task = task_of(completed)
     top = best_first(completed, lambda t: t.value, maximize)[:TOP_TRIALS]
     epochs = sum(len(t.user_attrs.get("history", [])) for t in study.get_trials(deepcopy=False)
                  if "reused_from" not in t.user_attrs)
@@ -199,8 +199,8 @@ def search_section(study, sweep: DictConfig, metric: str, folder: Path,
     if not top:
         return [*lines, "No trial completed: no ranking, no best configuration."]
     lines += [f"## Top {len(top)} trials", "",
-              *top_trials_table(top, metric, score), "",
-              *best_section(study, top[0], sweep, metric, score), "",
+              *top_trials_table(top, metric, task), "",
+              *best_section(study, top[0], sweep, metric, task), "",
               *importances_section(study, metric, folder), ""]
     plots = {"history": ("Optimisation history",
                          optuna.visualization.matplotlib.plot_optimization_history)}

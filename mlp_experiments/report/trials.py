@@ -11,28 +11,15 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_experiments.report.stats import Summary, summarise
+from mlp_experiments.task import Task
 
 SEED_KEY = "trainer.seed"
 
 
-@dataclass(frozen=True)
-class Score:
-    """The score each epoch's history records: accuracy, or RMSE for regression."""
-
-    key: str
-    label: str
-    higher_is_better: bool
-
-
-ACCURACY = Score("acc", "accuracy", True)
-
-
-RMSE = Score("rmse", "RMSE", False)
-
-
-def score_of(trials: list[FrozenTrial]) -> Score:
-    histories = [t.user_attrs.get("history") or [{}] for t in trials]
-    return RMSE if any("test_rmse" in history[-1] for history in histories) else ACCURACY
+def task_of(trials: list[FrozenTrial]) -> Task:
+    """The task the trials trained on, from the scores their histories hold."""
+    histories = [t.user_attrs.get("history") or [] for t in trials]
+    return Task.of_history(next((h for h in histories if h and "test_rmse" in h[-1]), []))
 
 
 def final(trial: FrozenTrial, key: str) -> float:
@@ -80,11 +67,11 @@ class Variant:
     trials: list[FrozenTrial] = field(default_factory=list)  # complete ones, one per seed
     statuses: Counter = field(default_factory=Counter)
 
-    def test_values(self, score: Score) -> list[float]:
-        return [final(t, f"test_{score.key}") for t in self.trials]
+    def test_values(self, task: Task) -> list[float]:
+        return [final(t, f"test_{task.score}") for t in self.trials]
 
-    def test(self, score: Score) -> Summary:
-        return summarise(self.test_values(score))
+    def test(self, task: Task) -> Summary:
+        return summarise(self.test_values(task))
 
     def objective(self) -> Summary:
         return summarise([t.value for t in self.trials])

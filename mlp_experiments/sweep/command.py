@@ -1,4 +1,4 @@
-"""`python -m mlp_experiments.sweep sweep=<name> [sweep.key=value] [training overrides]`
+"""`mlp-sweep sweep=<name> [sweep.key=value] [training overrides]`
 
 Runs the Optuna study that `sweeps/<name>.yaml` describes. Every trial trains in-process through
 `train()`, reports its validation metric each epoch to the pruner and is an MLflow child run of
@@ -11,17 +11,22 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
+from mlp_experiments import cli
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.presets import publish_best_preset
 from mlp_experiments.sweep.spec import (
+    SweepConfig,
+    available_sweeps,
     budget,
     check_space,
+    describe_arguments,
     load_sweep,
     parse_space,
     split_arguments,
@@ -31,6 +36,23 @@ from mlp_experiments.sweep.study import FINISHED_OUTCOMES, budget_lock, counted_
 from mlp_experiments.sweep.worker import launch_workers
 
 BEST_TRIALS_PLOTTED = 3
+
+
+@dataclass
+class SweepKeys:
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+COMMAND = cli.Command(
+    "sweep", "Run the Optuna study a sweep file describes, or resume it: every trial trains "
+    "through train() and is an MLflow child run of the study's parent run.", SweepKeys,
+    choices={"sweep": f"the sweep: sweeps/<name>.yaml ({available_sweeps()}) or a YAML file"},
+    passed_on=("sweep",), training=True,
+    notes="sweep.* keys override the sweep file (shown: the defaults of a file that leaves them "
+          "out).\nAny other KEY=VALUE is a training override for every trial, e.g. "
+          "trainer.epochs=3, tracking.uri=... (mlp-train --help lists them).",
+    describe=lambda cfg, arguments: describe_arguments(arguments),
+)
 
 
 def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
@@ -53,6 +75,7 @@ def run_sweep(arguments: list[str]):
     """Plan, check, run the workers, write a search's best preset, then summarise the study in
     its MLflow parent run."""
     register_configs()
+    _, arguments = cli.parse(COMMAND, arguments)
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
     deadline = time.time() + sweep.timeout if sweep.timeout else None
@@ -124,10 +147,10 @@ def past(deadline: float | None) -> bool:
     return deadline is not None and time.time() >= deadline
 
 
-def main() -> None:
+def main(arguments: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_sweep(sys.argv[1:])
+        run_sweep(sys.argv[1:] if arguments is None else arguments)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.compose import CONFIG_GROUPS
+from mlp_experiments.config.identity import decides_the_result
 
 # A search's best preset goes under the working directory, never into the package or conf/, and
 # `train -cd PRESETS_DIR` adds that folder to Hydra's config search path. Hydra searches it after
@@ -31,14 +32,14 @@ def best_preset_command(study_name: str) -> str:
 
 
 def preset_yaml(overrides: list[str], comment: str) -> str:
-    """An `experiment` preset that composes to the same config as these overrides (less where
-    runs are recorded: tracking settings stay the user's)."""
+    """An `experiment` preset that composes to the same config as these overrides, less the keys
+    that do not decide the result (identity.NOT_THE_RESULT: those stay the user's)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     defaults, values = [], OmegaConf.create()
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
-        if key.startswith("tracking"):
+        if not decides_the_result(key):
             continue
         if key == "experiment":
             defaults.append(f"/experiment/{override.value()}")

@@ -12,9 +12,10 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mlp_experiments.config.checks import data_task, model_shape
+from mlp_experiments.config.checks import model_shape
 from mlp_experiments.config.compose import CONF_DIR, CONFIG_GROUPS, check_overrides
 from mlp_experiments.errors import UserError
+from mlp_experiments.task import Task
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 
@@ -59,19 +60,42 @@ class SweepConfig:
 
 
 def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
-    """(sweep name, sweep.* overrides, training overrides) from the command line."""
+    """(sweep name, sweep.* overrides, training overrides) from the command line, read by
+    Hydra's override parser as every command's (`mlp_experiments.cli`). The sweep.* overrides
+    come as load_sweep's `key=value` with the value Hydra typed, in JSON (which YAML reads as
+    it is); the training overrides as they were typed."""
+    import json
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+    except HydraException as error:
+        raise UserError(str(error)) from None
     name, sweep_overrides, training = None, [], []
-    for argument in arguments:
-        if argument.startswith("sweep="):
-            name = argument.split("=", 1)[1]
-        elif argument.startswith("sweep."):
-            sweep_overrides.append(argument.removeprefix("sweep."))
+    for argument, override in zip(arguments, overrides, strict=True):
+        key = override.key_or_group
+        if key == "sweep":
+            name = str(override.value())
+        elif key.startswith("sweep."):
+            sweep_overrides.append(f"{key.removeprefix('sweep.')}={json.dumps(override.value())}")
         else:
             training.append(argument)
     if name is None:
-        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-        raise UserError(f"Name the sweep: sweep=<name>, one of: {available}.")
+        raise UserError(f"Name the sweep: sweep=<name>, one of: {available_sweeps()}.")
     return name, sweep_overrides, training
+
+
+def available_sweeps() -> str:
+    return ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+
+
+def describe_arguments(arguments: list[str]) -> dict[str, Any]:
+    """What `--cfg` shows of a sweep's command line: the sweep's settings (its file with the
+    sweep.* overrides) and the training overrides every trial gets."""
+    name, sweep_overrides, training = split_arguments(arguments)
+    return {"sweep": load_sweep(name, sweep_overrides), "training_overrides": training}
 
 
 def load_sweep(name: str, overrides: list[str]) -> DictConfig:
@@ -304,12 +328,7 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
 
 
 def check_metric(sweep: DictConfig, cfg: DictConfig) -> None:
-    from mlp_experiments.losses import Scoring
-
-    regression = data_task(cfg.data)[0] == "regression"
-    scores = ("loss", *Scoring(regression=regression).names)
-    metrics = [f"{split}_{score}" for split in ("train", "val", "test") for score in scores]
-    metrics += ["lr", "epoch_time_s", "samples_per_s"]
+    metrics = Task.of(cfg.data).metrics
     if sweep.metric not in metrics:
         raise UserError(
             f"sweep.metric={sweep.metric} is not a metric of data={cfg.data.name}: choose one of "

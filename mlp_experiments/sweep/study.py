@@ -42,7 +42,7 @@ def make_storage(url: str, tracking_uri: str | None = None):
 class LostTrial:
     """Optuna's heartbeat found a trial whose worker died: close its MLflow run as FAILED
     (it would stay RUNNING forever) and queue the trial again; the retry resumes from the
-    dead trial's checkpoint (see Objective)."""
+    dead trial's checkpoint (see worker.TrialTrainer)."""
 
     def __init__(self, tracking_uri: str | None):
         self.tracking_uri = tracking_uri

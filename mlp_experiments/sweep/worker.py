@@ -14,7 +14,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.compose import compose_config, with_values
-from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.spec import (
@@ -30,7 +29,7 @@ from mlp_experiments.sweep.study import HEARTBEAT_S, budget_lock, more_to_run, o
 log = logging.getLogger("mlp_experiments.sweep")
 
 
-class Objective:
+class TrialTrainer:
     """One Optuna trial = one training run in its own MLflow child run, reporting each epoch to
     the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
 
@@ -76,10 +75,10 @@ class Objective:
     def train(self, trial, cfg: DictConfig) -> float:
         import optuna
 
-        from mlp_experiments import data, engine
-        from mlp_experiments.train import train
+        from mlp_experiments import engine
+        from mlp_experiments.train import config_identity, train
 
-        run_hash = config_hash(cfg, data.release_digest(cfg.data))
+        run_hash = config_identity(cfg)
         trial.set_user_attr("config_hash", run_hash)
         earlier = self.finished_with_hash(trial.study, run_hash)
         if earlier is not None:
@@ -103,7 +102,7 @@ class Objective:
             if self.deadline is not None and time.time() >= self.deadline:
                 raise engine.StopTraining("timeout")
 
-        result = train(cfg, hooks=(report,), run_id=run_id)
+        result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash)
         if result.run_id != run_id:  # it had ended before (its lost worker finished it)
             trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("history", result.history)
@@ -126,7 +125,7 @@ class Objective:
 
 def resumed_trial(trial) -> int | None:
     """The number of the trial this one takes over: one whose worker was lost (queued by
-    LostTrial) or one interrupted by Ctrl-C (queued by Objective)."""
+    LostTrial) or one interrupted by Ctrl-C (queued by TrialTrainer)."""
     return trial.user_attrs.get("resumes")
 
 
@@ -143,13 +142,13 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = parse_space(sweep.space)
     study = open_study(sweep, distributions, tracking_uri)
-    objective = Objective(sweep, training, distributions, parent_run_id, deadline)
+    trainer = TrialTrainer(sweep, training, distributions, parent_run_id, deadline)
     n_trials = budget(sweep, distributions)
     while deadline is None or time.time() < deadline:
         with budget_lock(storage_url(sweep), sweep.study_name) as release:
             if more_to_run(study, n_trials):
-                objective.release_budget = release
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                trainer.release_budget = release
+                study.optimize(trainer, n_trials=1, catch=(Exception,))
                 continue
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return

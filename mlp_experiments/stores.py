@@ -1,0 +1,54 @@
+"""What a run's record needs before MLflow is imported: a tracking server that answers, a
+SQLite store that can be written, and the git commit that runs."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlp_experiments.errors import UserError
+from mlp_experiments.redact import redact
+
+
+def check_server(uri: str) -> None:
+    """An HTTP tracking server must answer its health check now, not after an hour of training."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            return
+    except (urllib.error.URLError, OSError) as error:
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({error}). Start it with "
+            f"`uv run mlflow server --host 127.0.0.1 --port 5000`, point tracking.uri at a "
+            f"running one, or record locally with tracking.uri=sqlite:///mlflow.db "
+            f"(or tracking=none)."
+        ) from None
+
+
+def check_local_store(uri: str) -> None:
+    """A SQLite store where nothing can be written fails now, before MLflow and torch load
+    (MLflow itself retries such writes for minutes)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    target = database if database.exists() else database.parent
+    if not os.access(target, os.W_OK):
+        raise UserError(
+            f"The MLflow store {uri} is read-only here ({target} cannot be written): point "
+            f"tracking.uri at a writable place, e.g. tracking.uri=sqlite:///mlflow.db, or "
+            f"record nothing with tracking=none."
+        )
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit this process runs (asked once: a sweep's trials share it)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -1,0 +1,74 @@
+"""The package's shape: imports that run one way, modules a person can read in one sitting."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mlp_experiments"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")
+           if path.name != "__main__.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Our modules that `path` imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in MODULES and name != "mlp_experiments"}
+
+
+GRAPH = {name: imported_modules(path) - {name} for name, path in MODULES.items()}
+
+
+def test_no_import_cycle_inside_the_package():
+    done, path = set(), []
+
+    def visit(name: str) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        path.append(name)
+        for other in sorted(GRAPH[name]):
+            if not other.startswith(f"{name}."):  # a package naming its own modules
+                visit(other)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(GRAPH):
+        visit(name)
+
+
+def test_only_the_sweep_command_calls_the_report():
+    callers = {name for name, imported in GRAPH.items()
+               if name.startswith("mlp_experiments.sweep")
+               and any(other.startswith("mlp_experiments.report") for other in imported)}
+    assert callers == {"mlp_experiments.sweep.command"}
+
+
+def test_the_config_checks_import_nothing_heavy_of_ours():
+    light = {"mlp_experiments.config", "mlp_experiments.errors", "mlp_experiments.task",
+             "mlp_experiments.redact"}
+    for name in [n for n in GRAPH if n.startswith("mlp_experiments.config")]:
+        assert all(any(other == p or other.startswith(f"{p}.") for p in light)
+                   for other in GRAPH[name]), (name, GRAPH[name])
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_module_reads_in_one_sitting(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by concept"
