@@ -72,3 +72,13 @@ def test_the_config_checks_import_nothing_heavy_of_ours():
 def test_a_module_reads_in_one_sitting(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by concept"
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Layout and architecture", 1)[1].split("\n## ", 1)[0]
+    tree = section.split("```", 2)[1]
+    named = {path.name for path in PACKAGE.rglob("*.py")} - {"__init__.py", "__main__.py"}
+    packages = {path.parent.name for path in PACKAGE.rglob("__init__.py")} - {PACKAGE.name}
+    missing = sorted(name for name in named | {f"{p}/" for p in packages} if name not in tree)
+    assert not missing, f"the README's layout does not name {missing}"

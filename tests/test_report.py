@@ -249,7 +249,7 @@ def test_search_report(tmp_path):
     assert lines[top + 9].startswith("| 6 | 2 | 0.7900 |")
     assert "7 trials: 6 complete, 1 pruned." in markdown
     assert "Epochs trained in total: 14." in markdown
-    assert ("uv run python -m mlp_experiments.train data=synthetic optimizer.lr=0.08 "
+    assert ("uv run mlp-train data=synthetic optimizer.lr=0.08 "
             "model.dropout=0.15000000000000002 'model.hidden_sizes=[512,256]'") in markdown
     assert "0.8800 (measured after the search, not used to choose it)" in markdown
 
@@ -273,7 +273,7 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
     markdown = write_report(study, tmp_sweep, tmp_path).read_text()
     assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
     assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
-    assert ("The same configuration as a preset: `python -m mlp_experiments.train "
+    assert ("The same configuration as a preset: `mlp-train "
             "-cd outputs/presets experiment=best/pytest_tmp_study`.") in markdown
     assert "Optuna's best trial 8, which diverged" in markdown
 
@@ -315,14 +315,14 @@ def test_cli_missing_storage_file(tmp_path, capsys):
         command.main(["sweep=search_mlp", f"sweep.storage=sqlite:///{tmp_path}/none.db"])
     message = str(raised.value)
     assert message.startswith("error: No study 'search_mlp'")
-    assert "python -m mlp_experiments.sweep sweep=search_mlp" in message
+    assert "mlp-sweep sweep=search_mlp" in message
     assert not (tmp_path / "none.db").exists()
 
 
 def test_cli_study_missing_from_an_existing_storage(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     optuna.create_study(study_name="another_study", storage=storage)
-    with pytest.raises(SystemExit, match="python -m mlp_experiments.sweep sweep=search_mlp"):
+    with pytest.raises(SystemExit, match="mlp-sweep sweep=search_mlp"):
         command.main(["sweep=search_mlp", f"sweep.storage={storage}"])
 
 

@@ -88,7 +88,7 @@ def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
 def load_existing_study(sweep: DictConfig, name: str):
     url = storage_url(sweep)
     missing = UserError(
-        f"No study '{sweep.study_name}' in {url}: run `python -m mlp_experiments.sweep "
+        f"No study '{sweep.study_name}' in {url}: run `mlp-sweep "
         f"sweep={name}` first (with the same sweep.* overrides)."
     )
     # Opening a SQLite URL creates the file: a typo would leave an empty database behind.

@@ -84,7 +84,7 @@ def comparison_sentence(a: Variant, b: Variant, task: Task) -> str:
         return (f"`{a.name}` and `{b.name}` are within noise of each other "
                 f"(Welch t-test p = {p_value(p)}, {seeds}).")
     mean_a, mean_b = np.mean(values_a), np.mean(values_b)
-    a_wins = (mean_a > mean_b) == higher_is_better(task.task)
+    a_wins = (mean_a > mean_b) == higher_is_better(task.score)
     winner, loser = (a, b) if a_wins else (b, a)
     difference = difference_text(abs(mean_a - mean_b), task)
     return f"`{winner.name}` beats `{loser.name}` by {difference} (p = {p_value(p)}, {seeds})."
@@ -170,7 +170,7 @@ def top_trials_table(trials: list[FrozenTrial], metric: str, task: Task) -> list
 
 def best_section(study, best: FrozenTrial, sweep: DictConfig, metric: str,
                  task: Task) -> list[str]:
-    command = shlex.join(["uv", "run", "python", "-m", "mlp_experiments.train",
+    command = shlex.join(["uv", "run", "mlp-train",
                           *best.user_attrs.get("overrides", [])])
     lines = ["## Best configuration", "",
              f"Trial {best.number}, best `{metric}` {number(best.value)}:", "",

@@ -27,7 +27,7 @@ def best_preset_path(study_name: str) -> Path:
 
 
 def best_preset_command(study_name: str) -> str:
-    return (f"python -m mlp_experiments.train -cd {PRESETS_DIR} "
+    return (f"mlp-train -cd {PRESETS_DIR} "
             f"experiment={best_preset_name(study_name)}")
 
 
