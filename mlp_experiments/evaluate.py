@@ -56,11 +56,11 @@ COMMAND = cli.Command(
 def check_store(uri: str) -> None:
     """The store must exist: opening a missing SQLite file would create an empty one (and then
     report that the run is not there), a missing server would be retried for minutes."""
-    from mlp_experiments.stores import check_server
+    from mlp_experiments.stores import check_server, sqlite_path
 
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    elif (database := sqlite_path(uri)) is not None and not database.is_file():
         raise UserError(
             f"No MLflow store at {uri}: pass the store the run was recorded in, "
             f"tracking.uri=<uri> (or set MLFLOW_TRACKING_URI)."

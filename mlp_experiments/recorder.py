@@ -31,7 +31,7 @@ from mlp_experiments import locks
 from mlp_experiments.config.identity import flatten
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
-from mlp_experiments.stores import check_server, git_commit
+from mlp_experiments.stores import check_server, git_commit, sqlite_path
 
 # What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
@@ -42,10 +42,6 @@ MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned":
 # is down, not MLflow's default of minutes. Set the variables to choose another budget.
 RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def open_store(uri: str, experiment: str) -> str:

@@ -14,6 +14,11 @@ from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///` URL (an MLflow store or an Optuna storage), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def check_server(uri: str) -> None:
     """An HTTP tracking server must answer its health check now, not after an hour of training."""
     try:
@@ -31,9 +36,9 @@ def check_server(uri: str) -> None:
 def check_local_store(uri: str) -> None:
     """A SQLite store where nothing can be written fails now, before MLflow and torch load
     (MLflow itself retries such writes for minutes)."""
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_path(uri)
+    if database is None:
         return
-    database = Path(uri.removeprefix("sqlite:///"))
     target = database if database.exists() else database.parent
     if not os.access(target, os.W_OK):
         raise UserError(

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.errors import UserError
+from mlp_experiments.stores import sqlite_path
 
 
 @dataclass
@@ -62,9 +63,8 @@ def check_port_free(host: str, port: int, option: str, taken: set[int]) -> None:
 
 
 def study_storage_exists(storage: str) -> bool:
-    if storage.startswith("sqlite:///"):
-        return Path(storage.removeprefix("sqlite:///")).is_file()
-    return True  # a server URL: let optuna-dashboard say whether it answers
+    database = sqlite_path(storage)
+    return database is None or database.is_file()  # a server: optuna-dashboard will say
 
 
 def commands(cfg: DictConfig) -> list[tuple[str, list[str], str]]:

@@ -225,6 +225,34 @@ n_trials: 1
     assert child_runs(tracking_uri, request.node.name, parent) == []  # its empty run deleted
 
 
+def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
+        tmp_path, tracking_uri, request, monkeypatch):
+    """Optuna's heartbeat check through our callback (LostTrial): a worker killed mid-trial
+    leaves its run RUNNING, to be closed FAILED; one killed after its run ended, before Optuna
+    heard, leaves a FINISHED run that must stay FINISHED. Both trials are queued again."""
+    import time
+
+    monkeypatch.setattr(studies, "STALE_AFTER_S", 1)
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(request.node.name)
+    finished, running = (client.create_run(experiment).info.run_id for _ in range(2))
+    client.set_terminated(finished, "FINISHED")
+    storage = studies.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    for run_id in (finished, running):
+        trial = study.ask()
+        trial.set_user_attr("mlflow_run_id", run_id)
+        storage.record_heartbeat(trial._trial_id)
+    time.sleep(studies.STALE_AFTER_S + 1)  # the workers are silent: their heartbeats go stale
+    studies.more_to_run(study, n_trials=2)
+    assert client.get_run(finished).info.status == "FINISHED"
+    assert "outcome" not in client.get_run(finished).data.tags
+    lost = client.get_run(running)
+    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "worker_lost"
+    retries = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["resumes"] for t in retries) == [0, 1]
+
+
 def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
     study = run_sweep(sweep_file(SEARCH, "sweep.n_trials=6", "sweep.n_workers=2",
                                         "sweep.sampler=random", "sweep.pruner=none"))

@@ -27,6 +27,7 @@ from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
 from mlp_experiments.report.markdown import write_report
+from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
@@ -92,7 +93,8 @@ def load_existing_study(sweep: DictConfig, name: str):
         f"sweep={name}` first (with the same sweep.* overrides)."
     )
     # Opening a SQLite URL creates the file: a typo would leave an empty database behind.
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    database = sqlite_path(url)
+    if database is not None and not database.is_file():
         raise missing
     try:
         return optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))

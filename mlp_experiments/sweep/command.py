@@ -33,7 +33,7 @@ from mlp_experiments.sweep.spec import (
     storage_url,
 )
 from mlp_experiments.sweep.study import FINISHED_OUTCOMES, budget_lock, counted_trials, open_study
-from mlp_experiments.sweep.worker import launch_workers
+from mlp_experiments.sweep.worker import launch_workers, past
 
 BEST_TRIALS_PLOTTED = 3
 
@@ -125,10 +125,11 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
     from optuna.trial import TrialState
 
     from mlp_experiments import evaluate
+    from mlp_experiments.report.stats import best_first
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if t.user_attrs.get("mlflow_run_id") and "reused_from" not in t.user_attrs]
-    trials.sort(key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    trials = best_first(trials, lambda t: t.value, study.direction.name == "MAXIMIZE")
     if kind == "comparison":
         best_of_variant = {}
         for trial in trials:
@@ -141,10 +142,6 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
         run_id = trial.user_attrs["mlflow_run_id"]
         if not client.list_artifacts(run_id, "plots"):
             evaluate.log_run_figures(tracking_uri, run_id, trial.user_attrs["history"])
-
-
-def past(deadline: float | None) -> bool:
-    return deadline is not None and time.time() >= deadline
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -102,8 +102,7 @@ def load_sweep(name: str, overrides: list[str]) -> DictConfig:
     """sweeps/<name>.yaml, or the YAML file `name` points at."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-        raise UserError(f"No sweep '{name}' in {SWEEPS_DIR}: choose one of {available}.")
+        raise UserError(f"No sweep '{name}' in {SWEEPS_DIR}: choose one of {available_sweeps()}.")
     schema = OmegaConf.structured(SweepConfig)
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(overrides))

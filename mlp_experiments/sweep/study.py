@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mlp_experiments.locks import file_lock, once
+from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep.spec import make_pruner, make_sampler, storage_url
 
 FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverged", "error")
@@ -118,8 +119,8 @@ def budget_lock(url: str, name: str):
     if url.startswith("postgresql"):
         with _advisory_lock(url, name) as release:
             yield release
-    elif url.startswith("sqlite:///"):
-        with file_lock(Path(url.removeprefix("sqlite:///") + ".lock")) as release:
+    elif (database := sqlite_path(url)) is not None:
+        with file_lock(Path(f"{database}.lock")) as release:
             yield release
     else:
         yield lambda: None

@@ -29,6 +29,11 @@ from mlp_experiments.sweep.study import HEARTBEAT_S, budget_lock, more_to_run, o
 log = logging.getLogger("mlp_experiments.sweep")
 
 
+def past(deadline: float | None) -> bool:
+    """Has sweep.timeout's deadline (a time.time()) passed? Never, without one."""
+    return deadline is not None and time.time() >= deadline
+
+
 class TrialTrainer:
     """One Optuna trial = one training run in its own MLflow child run, reporting each epoch to
     the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
@@ -99,7 +104,7 @@ class TrialTrainer:
             trial.report(metrics[self.sweep.metric], epoch)
             if trial.should_prune():
                 raise engine.StopTraining("pruned")
-            if self.deadline is not None and time.time() >= self.deadline:
+            if past(self.deadline):
                 raise engine.StopTraining("timeout")
 
         result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash)
@@ -144,7 +149,7 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
     study = open_study(sweep, distributions, tracking_uri)
     trainer = TrialTrainer(sweep, training, distributions, parent_run_id, deadline)
     n_trials = budget(sweep, distributions)
-    while deadline is None or time.time() < deadline:
+    while not past(deadline):
         with budget_lock(storage_url(sweep), sweep.study_name) as release:
             if more_to_run(study, n_trials):
                 trainer.release_budget = release
