@@ -136,14 +136,14 @@ def set_value(command: Command, cfg: DictConfig, override) -> None:
     from hydra.core.override_parser.types import OverrideType
 
     name, keys, line = override.key_or_group, keys_of(command.schema), override.input_line
-    if name not in keys:
+    if name not in keys and not in_a_dict(keys, name):
         raise unknown_key(command, name)
     if override.type != OverrideType.CHANGE or override.package is not None:
         raise UserError(f"{line}: {command.program}'s keys are fixed: set it with {name}=VALUE.")
     if override.is_sweep_override():
         raise UserError(f"{line}: one value per key (a sweep of values is mlp-train -m's, or a "
                         f"sweep file's).")
-    kind = keys[name].type
+    kind = keys[name].type if name in keys else typing.Any
     value = override.value()
     if str in (kind, *typing.get_args(kind)) and isinstance(value, int | float):
         value = line.split("=", 1)[1]  # a text such as the run id 1234e5 stays as it is typed
@@ -152,6 +152,12 @@ def set_value(command: Command, cfg: DictConfig, override) -> None:
     except OmegaConfBaseException as error:
         raise UserError(f"{line}: {name} takes {type_name(kind)} "
                         f"({str(error).splitlines()[0]}).") from None
+
+
+def in_a_dict(keys: dict[str, Key], name: str) -> bool:
+    """Is `name` an entry of a dict-typed key (sweep.slurm.mem_gb, of sweep.slurm)?"""
+    return any(name.startswith(f"{key}.") and typing.get_origin(keys[key].type) is dict
+               for key in keys)
 
 
 def unknown_key(command: Command, name: str) -> UserError:

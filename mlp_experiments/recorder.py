@@ -304,7 +304,10 @@ def serve(requests, replies) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    # Ctrl-C, and Slurm's SIGTERM and SIGUSR2 before a time limit or a requeue, reach the whole
+    # job: they are the training process's to handle. It ends the run, then closes the pipe.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     # The replies get the pipe that was stdout; whatever MLflow prints goes to stderr instead.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

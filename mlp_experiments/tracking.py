@@ -33,10 +33,6 @@ class StoreError(Exception):
     """The tracking store refused or did not answer a call (MLflow's error, in either process)."""
 
 
-
-
-
-
 def dataset_record(dataset, test_examples: bool = False) -> dict:
     """What the record of a run says of its data (plain data); with `test_examples`, the test
     labels and the first 16 test images too, for the figures."""
@@ -129,13 +125,14 @@ class MlflowTracker:
     @contextmanager
     def recording(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None,
                   dataset) -> Iterator[str]:
-        """Start (or continue) the run; an exception marks it crashed (FAILED), Ctrl-C
-        interrupted (KILLED), and a tracking store that stops answering stops the run with one
+        """Start (or continue) the run; an exception marks it crashed (FAILED), Ctrl-C or an
+        exit from a signal handler (submitit's, when Slurm requeues the job) interrupted
+        (KILLED), and a tracking store that stops answering stops the run with one
         message. The body ends the run itself with `finish` when training is over."""
         try:
             self.start(cfg, tags, run_id, dataset)
             yield self.run_id
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             self.end("interrupted")
             raise
         except StoreError as error:

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import stores
+from mlp_experiments import cluster, stores
 from mlp_experiments.config.checks import model_schema, model_shape, validate
 from mlp_experiments.config.compose import CONF_DIR, check_command_line, compose_config
 from mlp_experiments.config.identity import config_hash
@@ -142,6 +142,7 @@ def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None
         "config_hash": run_hash,
         "data_digest": dataset.digest,
         **{f"variant.{group}": choice for group, choice in choices.items()},
+        **cluster.slurm_tags(),
     }
     if state is not None:
         tags["resumed_after_epoch"] = str(len(state["history"]))
@@ -244,7 +245,11 @@ def torch_compile(model):
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best validation accuracy (RMSE for regression), the
-    value Hydra sweepers optimise."""
+    value Hydra sweepers optimise. A job Slurm requeued continues from its checkpoint."""
+    if cluster.restart_count() and not cfg.trainer.resume:
+        log.info("Slurm requeued this job (restart %d): it resumes from its checkpoint",
+                 cluster.restart_count())
+        cfg.trainer.resume = True
     try:
         return train(cfg).best(Task.of(cfg.data).objective)
     except UserError as error:
@@ -286,7 +291,8 @@ def app_help(overrides: list[str], config_name: str, config_dir: Path,
     folders = [Path(config_dir), *([Path(extra_dir)] if extra_dir else [])]
     groups: dict[str, set[str]] = {}
     for folder in folders:
-        for group in (path for path in folder.iterdir() if path.is_dir()):
+        for group in (path for path in folder.iterdir()
+                      if path.is_dir() and path.name != "hydra"):  # Hydra's: --hydra-help
             groups.setdefault(group.name, set()).update(
                 option.relative_to(group).with_suffix("").as_posix()
                 for option in group.rglob("*.yaml"))

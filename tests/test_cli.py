@@ -146,6 +146,16 @@ def test_sweep_settings_keep_hydras_types_on_their_way_to_the_sweep_file():
     assert training == ["optimizer=adam"]
 
 
+def test_an_entry_of_a_dict_key_is_set_on_its_own():
+    name, overrides, _ = spec.split_arguments(["sweep=search_mlp", "sweep.launcher=slurm",
+                                               "sweep.slurm.mem_gb=4",
+                                               "sweep.pruner_args.n_startup_trials=5"])
+    parse("sweep", "sweep=search_mlp", "sweep.slurm.mem_gb=4")
+    loaded = spec.load_sweep(name, overrides)
+    assert loaded.slurm == {"mem_gb": 4}
+    assert loaded.pruner_args == {"n_startup_trials": 5, "n_warmup_steps": 1}
+
+
 # ---------------------------------------------------------------------------- mistakes
 
 

@@ -176,6 +176,7 @@ def test_a_new_torch_optimizer_is_a_yaml_file(tmp_path):
         ("+hydra.job_logging.root.level=INFO", "e.g. hydra/job_logging=disabled"),
         ("hydra.hydra_logging.version=1", "e.g. hydra/hydra_logging=disabled"),
         ("hydra.searchpath=[pkg://evil]", "add a config folder with --config-dir"),
+        ("hydra.launcher.setup=[touch /tmp/x]", "submitit runs these shell commands"),
     ],
 )
 def test_overrides_of_hydra_keys_that_run_code_are_refused(override, message):
@@ -186,7 +187,8 @@ def test_overrides_of_hydra_keys_that_run_code_are_refused(override, message):
 
 @pytest.mark.parametrize("override", ["hydra/job_logging=disabled", "hydra/hydra_logging=none",
                                       "hydra.run.dir=elsewhere", "hydra.job.chdir=true",
-                                      "hydra/launcher=basic", "hydra.verbose=true"])
+                                      "hydra/launcher=basic", "hydra.verbose=true",
+                                      "hydra/launcher=slurm", "hydra/launcher=submitit_slurm"])
 def test_hydra_options_that_run_no_code_stay_allowed(override):
     check_overrides([override])
 
@@ -201,6 +203,10 @@ PRESETS = {  # name: (a file of the config folder, what it holds, what the test 
     "launcher_params": ("hydra/launcher/evil.yaml",
                         "_target_: hydra._internal.core_plugins.basic_launcher.BasicLauncher\n"
                         "x: {_target_: os.system}", "hydra.launcher.x._target_: a config is"),
+    "launcher_setup": ("experiment/evil.yaml",
+                       "defaults: [{override /hydra/launcher: slurm}]\n"
+                       "hydra: {launcher: {setup: [touch /tmp/x]}}",
+                       "hydra.launcher.setup must stay empty"),
     "handler": ("experiment/evil.yaml",
                 "hydra: {job_logging: {handlers: {x: {class: logging.os.system}}}}",
                 "hydra.job_logging.handlers.x.class='logging.os.system': handlers and"),

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.errors import UserError
-from mlp_experiments.sweep import spec, worker
+from mlp_experiments.sweep import slurm, spec, worker
 from mlp_experiments.sweep import study as studies
 from mlp_experiments.sweep.command import BEST_TRIALS_PLOTTED, run_sweep
 
@@ -90,6 +90,39 @@ def test_every_shipped_sweep_plans_cleanly():
         distributions = spec.parse_space(sweep.space)
         spec.check_space(sweep, [], distributions)
         assert spec.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["launcher=pbs"], "sweep.launcher=pbs: choose local or slurm"),
+    (["slurm={mem_gb: 4}"], "sweep.slurm sets the Slurm jobs of sweep.launcher=slurm"),
+])
+def test_the_launcher_is_checked_when_the_sweep_loads(overrides, message):
+    with pytest.raises(UserError, match=message):
+        spec.load_sweep("search_mlp", overrides)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("{mem_gbb: 4}", "sweep.slurm: Key 'mem_gbb' not in 'SlurmQueueConf'.*keys: .*mem_gb"),
+    ("{mem_gb: lots}", "sweep.slurm: Value 'lots' of type 'str' could not be converted"),
+    ("{setup: [touch /tmp/x]}", "shell commands are code, not data"),
+])
+def test_a_slurm_setting_sbatch_could_not_take_is_named(setting, message):
+    sweep = spec.load_sweep("search_mlp", ["launcher=slurm", f"slurm={setting}"])
+    with pytest.raises(UserError, match=message):
+        slurm.job_settings(sweep)
+
+
+def test_the_workers_request_the_launcher_configs_resources_as_submitit_takes_them():
+    sweep = spec.load_sweep("search_mlp", ["launcher=slurm",
+                                           "slurm={partition: gpu, gpus_per_node: 1}"])
+    settings = slurm.job_settings(sweep)
+    launcher = compose_config(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    assert settings["mem_gb"] == launcher.mem_gb and settings["partition"] == "gpu"
+    assert "submitit_folder" not in settings  # Hydra's multirun folder, not the sweep's
+    parameters = slurm.executor_parameters(settings)
+    assert parameters["slurm_partition"] == "gpu" and parameters["gpus_per_node"] == 1
+    assert parameters["timeout_min"] == launcher.timeout_min
+    assert "slurm_qos" not in parameters  # unset: the cluster's default
 
 
 # ---------------------------------------------------------------------------- running sweeps

@@ -9,6 +9,7 @@ import torch
 from conftest import free_port
 from mlflow import MlflowClient
 
+from mlp_experiments import cluster
 from mlp_experiments.errors import UserError
 from mlp_experiments.train import train
 
@@ -170,3 +171,17 @@ def test_the_recorder_answers_each_call_with_its_result_or_its_kind_of_error(wor
     opened, bad = (json.loads(line) for line in replies.getvalue().splitlines())
     assert opened == {"ok": None}
     assert bad["kind"] == "other" and "metrics" in bad["error"]
+
+
+def test_a_run_names_the_slurm_job_it_ran_in(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert cluster.slurm_tags() == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert cluster.slurm_tags() == {"slurm_job_id": "42", "slurm_restart_count": "0"}
+    for name, value in (("SLURM_ARRAY_JOB_ID", "40"), ("SLURM_ARRAY_TASK_ID", "2"),
+                        ("SLURM_RESTART_COUNT", "1")):
+        monkeypatch.setenv(name, value)
+    assert cluster.slurm_tags() == {"slurm_job_id": "40_2", "slurm_array_task_id": "2",
+                                    "slurm_restart_count": "1"}

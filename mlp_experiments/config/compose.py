@@ -18,7 +18,9 @@ from mlp_experiments.errors import UserError, explain_unknown_key, with_causes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-CONFIG_GROUPS = frozenset(path.name for path in CONF_DIR.iterdir() if path.is_dir())
+# conf/hydra/ holds options of Hydra's own groups (hydra/launcher=slurm), not the job's.
+CONFIG_GROUPS = frozenset(path.name for path in CONF_DIR.iterdir()
+                          if path.is_dir() and path.name != "hydra")
 
 
 @contextmanager

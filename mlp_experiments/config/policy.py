@@ -85,6 +85,8 @@ GUARDED_HYDRA_KEYS = {
                                "hydra/launcher=<option>",
     "hydra.sweeper._target_": "Hydra instantiates it: choose a sweeper with "
                               "hydra/sweeper=<option>",
+    "hydra.launcher.setup": "submitit runs these shell commands in every job: set the jobs' "
+                            "environment up in the shell you submit from (sbatch passes it on)",
     "hydra.job_logging": _LOGGING_WHY,
     "hydra.hydra_logging": _LOGGING_WHY.replace("job_logging", "hydra_logging"),
     "hydra.searchpath": "a pkg:// search path imports a Python package: add a config folder "
@@ -272,7 +274,8 @@ def check_hydra_config(hydra: DictConfig) -> None:
     no callbacks, no environment, a known launcher and sweeper, logging configs without code."""
     tree = OmegaConf.to_container(hydra, resolve=False)
     for key, value in (("callbacks", tree["callbacks"]), ("job.env_set", tree["job"]["env_set"]),
-                       ("job.env_copy", tree["job"]["env_copy"])):
+                       ("job.env_copy", tree["job"]["env_copy"]),
+                       ("launcher.setup", tree["launcher"].get("setup"))):
         if value:
             raise UserError(f"hydra.{key} must stay empty: {GUARDED_HYDRA_KEYS[f'hydra.{key}']}.")
     _check_plugin("hydra.launcher", tree["launcher"], LAUNCHERS)

@@ -32,7 +32,13 @@ from mlp_experiments.sweep.spec import (
     split_arguments,
     storage_url,
 )
-from mlp_experiments.sweep.study import FINISHED_OUTCOMES, budget_lock, counted_trials, open_study
+from mlp_experiments.sweep.study import (
+    FINISHED_OUTCOMES,
+    budget_lock,
+    counted_trials,
+    more_to_run,
+    open_study,
+)
 from mlp_experiments.sweep.worker import launch_workers, past
 
 BEST_TRIALS_PLOTTED = 3
@@ -57,17 +63,22 @@ COMMAND = cli.Command(
 
 def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
     done = counted_trials(study)
+    on_slurm = sweep.launcher == "slurm"
     lines = [
         f"study {sweep.study_name} in {redact(storage_url(sweep))}",
         f"  objective: {sweep.direction} {sweep.metric}",
         f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
         f"{dict(sweep.pruner_args) or ''}",
         f"  trials: {n_trials} in total, {done} already there, {max(n_trials - done, 0)} to run "
-        f"on {sweep.n_workers} worker(s)",
+        f"on {sweep.n_workers} worker(s)" + (" in one Slurm job array" if on_slurm else ""),
         f"  fixed overrides: {redact(' '.join([*sweep.overrides, *training])) or '(none)'}",
     ]
     lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
     lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
+    if on_slurm and storage_url(sweep).startswith("sqlite"):
+        lines.append("  note: a SQLite storage is safe on Slurm only where every task sees this "
+                     "file on one filesystem with working POSIX locks (one node, Lustre, GPFS; "
+                     "not NFS): across nodes use PostgreSQL (README, Running on a Slurm cluster)")
     print("\n".join(lines), flush=True)
 
 
@@ -78,6 +89,10 @@ def run_sweep(arguments: list[str]):
     _, arguments = cli.parse(COMMAND, arguments)
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
+    if sweep.launcher == "slurm":  # its settings checked before anything starts
+        from mlp_experiments.sweep import slurm
+
+        slurm.job_settings(sweep)
     deadline = time.time() + sweep.timeout if sweep.timeout else None
     distributions = parse_space(sweep.space)
     check_space(sweep, training, distributions)
@@ -95,7 +110,11 @@ def run_sweep(arguments: list[str]):
 
         with budget_lock(storage_url(sweep), sweep.study_name):
             parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
-    lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+    if sweep.launcher == "slurm":
+        lost_workers = run_on_slurm(sweep, training, parent_run_id, tracking_uri, deadline,
+                                    study, n_trials)
+    else:
+        lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
     ended = [t for t in study.get_trials(deepcopy=False)
              if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
     if lost_workers and len(ended) < n_trials and not past(deadline):
@@ -115,6 +134,22 @@ def run_sweep(arguments: list[str]):
             f"in the output above and in each trial's MLflow run."
         )
     return study
+
+
+def run_on_slurm(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+                 tracking_uri: str | None, deadline: float | None, study, n_trials: int) -> int:
+    """Submit the workers as a Slurm job array, unless the study has nothing left to run, and
+    follow the study until it is complete; return how many workers died before that."""
+    from optuna.trial import TrialState
+
+    from mlp_experiments.sweep import slurm
+
+    if not more_to_run(study, n_trials) and \
+            not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        print("the study has its n_trials: no job to submit", flush=True)
+        return 0
+    jobs = slurm.submit_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+    return slurm.follow(study, jobs, n_trials)
 
 
 def plot_best_trials(study, kind: str, tracking_uri: str) -> None:

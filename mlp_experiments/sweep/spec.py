@@ -38,6 +38,9 @@ DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "grid")
 
 
+LAUNCHERS = ("local", "slurm")
+
+
 STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
 
 
@@ -57,6 +60,8 @@ class SweepConfig:
     timeout: float | None = None  # seconds, for this command
     storage: str | None = None  # any Optuna storage URL; None: sqlite:///optuna.db
     n_workers: int = 1
+    launcher: str = "local"  # local: worker processes here; slurm: one Slurm job array
+    slurm: dict[str, Any] = field(default_factory=dict)  # conf/hydra/launcher/slurm.yaml's keys
 
 
 def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
@@ -126,6 +131,10 @@ def check_settings(sweep: DictConfig) -> None:
         )
     if sweep.n_workers < 1:
         raise UserError(f"sweep.n_workers={sweep.n_workers} must be at least 1.")
+    if sweep.launcher not in LAUNCHERS:
+        raise UserError(f"sweep.launcher={sweep.launcher}: choose {' or '.join(LAUNCHERS)}.")
+    if sweep.slurm and sweep.launcher != "slurm":
+        raise UserError("sweep.slurm sets the Slurm jobs of sweep.launcher=slurm: add that.")
     if sweep.direction not in DIRECTIONS:
         raise UserError(f"sweep.direction={sweep.direction}: choose {' or '.join(DIRECTIONS)}.")
     if sweep.sampler not in SAMPLERS:

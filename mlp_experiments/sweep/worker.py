@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mlp_experiments import cluster
 from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.redact import redact
@@ -50,7 +51,9 @@ class TrialTrainer:
         import optuna
 
         self.release_budget()  # this trial is RUNNING now: other workers may count it
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        slurm_job = cluster.slurm_job_id()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}"
+                                      + (f" (Slurm job {slurm_job})" if slurm_job else ""))
         try:
             params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))}\
                 if self.sweep.variants else {}
@@ -60,10 +63,13 @@ class TrialTrainer:
             return self.train(trial, self.config(composed, values))
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as stop:
+            # Ctrl-C, or submitit's exit once it had Slurm requeue the job (a time limit, a
+            # preemption). Queued again: the next worker resumes it from its checkpoint.
             trial.set_user_attr("outcome", "interrupted")
-            # Queued again: the next command resumes it from its checkpoint.
             trial.study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
+            if isinstance(stop, SystemExit):  # Optuna records only a KeyboardInterrupt's trial
+                trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except Exception:
             trial.set_user_attr("outcome", "error")

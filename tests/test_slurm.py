@@ -1,0 +1,302 @@
+"""Slurm for real: a one-node cluster of Debian's slurmctld, slurmd and munge, started on
+loopback in a temporary folder (as ../shared/slurm/local-cluster.sh does), runs Hydra multirun
+jobs through hydra-submitit-launcher and sweep workers as a submitit job array. Faults are
+real: a worker cancelled with scancel, jobs running out of their time limit.
+
+This cluster has no accounting database, so sacct answers "accounting storage is disabled":
+the Hydra plugin waits for its jobs' result files and, when it asks sacct for their states in
+between, submitit prints that answer and a warning that it does without. That noise in the
+multirun's output is harmless; the sweep's command asks squeue, never sacct."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import free_port
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from test_faults import child_runs, runs, steps, wait_for
+
+from mlp_experiments.sweep.study import FINISHED_OUTCOMES
+
+DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
+CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo")
+SEARCH_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+MISSING = [p for p in (*DAEMONS, *CLIENTS) if shutil.which(p, path=SEARCH_PATH) is None]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(bool(MISSING), reason=f"no Slurm here ({', '.join(MISSING)} missing): "
+                       f"apt-get install slurmctld slurmd slurm-client munge"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the one-node cluster's daemons run as root"),
+]
+# One CPU per job: the node's two CPUs run two jobs at once. Torch's threads follow.
+JOB = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+WORKER = ["sweep.slurm.cpus_per_task=1", "sweep.slurm.mem_gb=1"]
+# A trial that trains for a minute or more at ~0.5 s an epoch: long enough to be cancelled, or
+# to run into a one-minute time limit, in the middle.
+LONG = ["data=synthetic", "data.train_size=30000", "trainer.device=cpu", "optimizer.lr=0.05",
+        "tracking.log_model=false"]
+
+
+class Cluster:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"),
+                    "PATH": SEARCH_PATH, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def run(self, *command: str) -> str:
+        return subprocess.run(command, env=self.env, capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+
+    def release_requeued(self) -> list[str]:
+        """Slurm holds a requeued job back for two minutes (its BeginTime); let it start now.
+        Returns the jobs released."""
+        held = [line.split()[0] for line in
+                self.run("squeue", "--noheader", "--array", "--format", "%i %r").splitlines()
+                if line.split()[1:] == ["BeginTime"]]
+        for job in held:
+            self.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+        return held
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    started_munge = start_munge()
+    write_config(folder)
+    cluster = Cluster(folder)
+    try:
+        for daemon in ("slurmctld", "slurmd"):
+            cluster.run(daemon, "-f", str(folder / "slurm.conf"))
+        wait_for(lambda: "idle" in cluster.run("sinfo", "--noheader", "--format", "%T"), 30, 0.5)
+        yield cluster
+    finally:
+        for name in ("slurmd", "slurmctld"):
+            stop(folder / f"{name}.pid")
+        if started_munge:
+            stop(Path("/run/munge/munged.pid"))
+
+
+def start_munge() -> bool:
+    """Start munged (Slurm's authentication) unless one answers already; True if started."""
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+        return False
+    key = Path("/etc/munge/munge.key")
+    for path in (Path("/run/munge"), Path("/var/log/munge"), Path("/var/lib/munge")):
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.chown(path, "munge", "munge")
+    if not key.exists():
+        subprocess.run(["mungekey", "-c", "-k", str(key)], check=True, env={"PATH": SEARCH_PATH})
+    shutil.chown(key, "munge", "munge")
+    key.chmod(0o400)
+    subprocess.run(["runuser", "-u", "munge", "--", shutil.which("munged", path=SEARCH_PATH),
+                    "--pid-file=/run/munge/munged.pid"], check=True)
+    return True
+
+
+def write_config(folder: Path) -> None:
+    """A root-run node without cgroups, reached on loopback, on free ports, its state and logs
+    in `folder`. KillWait: scancel's SIGTERM is followed by SIGKILL 5 s later (30 s default)."""
+    for sub in ("state", "spool", "log"):
+        (folder / sub).mkdir()
+    host = socket.gethostname().split(".")[0]
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    (folder / "slurm.conf").write_text(f"""\
+ClusterName=mlptest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/log/slurmctld.log
+SlurmdLogFile={folder}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+KillWait=5
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+
+
+def stop(pid_file: Path) -> None:
+    """Stop a daemon by its pid file and wait until it is gone."""
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 15)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, 9)
+
+
+def train_jobs(folder: Path, uri: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "mlp_experiments.train", "-m", "hydra/launcher=slurm", *JOB,
+            f"tracking.uri={uri}", f"trainer.checkpoint_dir={folder / 'checkpoints'}",
+            *overrides]
+
+
+def sweep_workers(folder: Path, uri: str, name: str, n_trials: int, *overrides: str) -> list[str]:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""
+study_name: {name}
+space:
+  optimizer.lr: tag(log, interval(0.01, 0.1))
+sampler: random
+pruner: none
+n_trials: {n_trials}
+launcher: slurm
+""")
+    return [sys.executable, "-m", "mlp_experiments.sweep", f"sweep={path}", *WORKER,
+            f"sweep.storage=sqlite:///{folder / 'optuna.db'}", f"tracking.uri={uri}",
+            f"trainer.checkpoint_dir={folder / 'checkpoints'}", *overrides]
+
+
+def start(slurm: Cluster, command: list[str], folder: Path, log: str) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=folder, env=slurm.env, stdout=open(folder / log, "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, folder: Path, log: str) -> str:
+    code = process.wait(timeout=300)
+    output = (folder / log).read_text()
+    assert code == 0, output
+    return output
+
+
+def load(folder: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+
+
+def test_a_multirun_runs_each_job_as_a_slurm_job_recording_where_it_ran(slurm, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_jobs(tmp_path, uri, "data=synthetic", "trainer.epochs=2",
+                         "trainer.seed=0,1")
+    finish(start(slurm, command, tmp_path, "multirun.log"), tmp_path, "multirun.log")
+
+    found = runs(uri)
+    assert sorted(run.data.params["trainer.seed"] for run in found) == ["0", "1"]
+    assert all(run.info.status == "FINISHED" for run in found)
+    assert all(steps(uri, run.info.run_id) == [1, 2] for run in found)
+    jobs = {run.data.tags["slurm_job_id"] for run in found}
+    assert len(jobs) == 2  # one array task each: <array>_0 and <array>_1
+    assert {job.split("_")[1] for job in jobs} == {"0", "1"}
+    logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
+    assert len(logs) == 2
+
+
+def test_a_sweep_runs_its_workers_as_one_job_array_until_the_study_is_complete(slurm, tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "slurm_sweep"
+    command = sweep_workers(tmp_path, uri, name, 4, "sweep.n_workers=2", "data=synthetic",
+                            "trainer.epochs=2")
+    output = finish(start(slurm, command, tmp_path, "sweep.log"), tmp_path, "sweep.log")
+
+    array = output.split("as Slurm job array ")[1].split(":")[0]
+    assert f"{array}_0 {array}_1" in output
+    assert "trials: 4/4 ended" in output
+    assert (tmp_path / "slurm" / name / f"{array}_0" / f"{array}_0_0_log.out").exists()
+    study = load(tmp_path, name)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    children = child_runs(uri, name)
+    assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
+    assert {run.data.tags["slurm_job_id"].split("_")[0] for run in children} == {array}
+    assert {run.data.tags["slurm_array_task_id"] for run in children} <= {"0", "1"}
+
+
+@pytest.mark.faults
+def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(slurm, tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "cancelled"
+    command = sweep_workers(tmp_path, uri, name, 3, "sweep.n_workers=2", *LONG,
+                            "trainer.epochs=30")
+    sweep = start(slurm, command, tmp_path, "sweep.log")
+
+    def running_for_a_while():
+        try:
+            trials = load(tmp_path, name).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            return None
+        return next((t for t in trials if len(t.intermediate_values) >= 2), None)
+
+    victim = wait_for(running_for_a_while, 240, 0.5)
+    job = victim.user_attrs["worker"].split("Slurm job ")[1].rstrip(")")
+    slurm.run("scancel", job)
+    finish(sweep, tmp_path, "sweep.log")
+
+    study = load(tmp_path, name)
+    ended = [t for t in study.trials if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+    assert len(ended) == 3  # exactly n_trials, the cancelled one's retry among them
+    (retry,) = [t for t in ended if t.user_attrs.get("resumes") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    client = MlflowClient(uri)
+    lost = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "worker_lost"
+    retried = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert int(retried.data.tags["resumed_after_epoch"]) >= 2
+    assert steps(uri, retried.info.run_id) == list(range(1, 31))
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
+
+
+@pytest.mark.faults
+def test_jobs_past_their_time_limit_are_requeued_and_resume_from_their_checkpoints(
+        slurm, tmp_path):
+    """A one-minute time limit, with Slurm's warning 55 s before it: a multirun job and a
+    sweep worker both get SIGUSR2 mid-training, submitit requeues them, and each training goes
+    on from its last epoch's checkpoint (released from Slurm's two-minute hold on requeued
+    jobs, as often as the limit strikes)."""
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "time_limited"
+    epochs = 150
+    multirun = start(slurm, train_jobs(
+        tmp_path, uri, *LONG, f"trainer.epochs={epochs}", "trainer.seed=7",
+        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=55",
+        "hydra.launcher.max_num_timeout=10"), tmp_path, "multirun.log")
+    sweep = start(slurm, sweep_workers(
+        tmp_path, uri, name, 1, *LONG, f"trainer.epochs={epochs}", "sweep.slurm.timeout_min=1",
+        "sweep.slurm.signal_delay_s=55", "sweep.slurm.max_num_timeout=10"),
+        tmp_path, "sweep.log")
+    released = []
+    while multirun.poll() is None or sweep.poll() is None:
+        released += slurm.release_requeued()
+        time.sleep(1)
+    finish(multirun, tmp_path, "multirun.log")
+    output = finish(sweep, tmp_path, "sweep.log")
+    assert len(released) >= 2, output
+
+    client = MlflowClient(uri)
+    (job_run,) = [run for run in runs(uri) if run.data.params.get("trainer.seed") == "7"]
+    assert job_run.info.status == "FINISHED"  # one run, continued after each requeue
+    assert int(job_run.data.tags["slurm_restart_count"]) >= 1
+    assert int(job_run.data.tags["resumed_after_epoch"]) >= 1
+    assert steps(uri, job_run.info.run_id) == list(range(1, epochs + 1))
+
+    study = load(tmp_path, name)
+    (completed,) = study.get_trials(states=(TrialState.COMPLETE,))
+    interrupted = [t for t in study.trials if t.user_attrs.get("outcome") == "interrupted"]
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    assert completed.user_attrs["resumes"] in {t.number for t in interrupted}
+    final = client.get_run(completed.user_attrs["mlflow_run_id"])
+    assert int(final.data.tags["resumed_after_epoch"]) >= 1
+    assert steps(uri, final.info.run_id) == list(range(1, epochs + 1))
+    for trial in interrupted:
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
