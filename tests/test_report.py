@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
+from scipy import stats as scipy_stats
 
 from mlp_experiments.report import command, stats, trials
 from mlp_experiments.report.markdown import importances_section, interval, write_report
@@ -62,27 +63,48 @@ def test_summarise_one_value_has_no_interval():
     assert interval(summary) == "undefined (n = 1)"
 
 
-def test_within_noise_separated_samples_match_the_closed_form():
-    a, b = [0.80, 0.82], [0.70, 0.72]
-    same, p = stats.within_noise(a, b)
+def test_variants_run_on_the_same_seeds_get_the_paired_test_of_the_closed_form():
+    a, b = {0: 0.86, 1: 0.88, 2: 0.83, 3: 0.87}, {0: 0.84, 1: 0.85, 2: 0.82, 3: 0.84}
+    differences = [0.02, 0.03, 0.01, 0.03]
+    mean = sum(differences) / 4
+    se = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3) / 2
+    contrast = stats.compare(a, b)
+    assert (contrast.test, contrast.seeds) == ("paired t-test", "4 seeds")
+    assert contrast.difference == pytest.approx(mean)
+    assert contrast.p == pytest.approx(2 * scipy_stats.t.sf(mean / se, 3), rel=1e-9)
+    half = scipy_stats.t.ppf(0.975, 3) * se
+    assert (contrast.low, contrast.high) == pytest.approx((mean - half, mean + half))
+    # The same numbers unpaired: Welch's test cannot see that every seed moved together.
+    unpaired = stats.compare(a, {f"trial {seed}": value for seed, value in b.items()})
+    assert unpaired.test == "Welch's t-test" and unpaired.p > 5 * contrast.p
+
+
+def test_variants_of_different_seeds_get_welchs_test_of_the_closed_form():
+    contrast = stats.compare({0: 0.80, 1: 0.82}, {"trial 5": 0.70, "trial 6": 0.72})
     # Equal sizes and variances: Welch's df is 2, where the t CDF is 1/2 + t / (2 sqrt(2 + t^2)).
-    t = 0.10 / math.sqrt(0.0002 / 2 + 0.0002 / 2)
-    assert same is False
-    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
-    assert p < 0.05
+    se = math.sqrt(0.0002 / 2 + 0.0002 / 2)
+    t = 0.10 / se
+    assert (contrast.test, contrast.seeds) == ("Welch's t-test", "2 seeds each")
+    assert contrast.p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert (contrast.low, contrast.high) == pytest.approx((0.10 - T_975_DF2 * se,
+                                                           0.10 + T_975_DF2 * se))
 
 
-def test_within_noise_overlapping_samples():
-    same, p = stats.within_noise([0.80, 0.82, 0.84], [0.81, 0.83, 0.80])
-    assert same is True
-    assert p > 0.5
+def test_holm_multiplies_the_ith_smallest_p_value_by_m_minus_i_plus_1_step_down():
+    family = [stats.Contrast("paired t-test", "5 seeds", 0, 0, 0, p)
+              for p in (0.01, 0.04, 0.03, 0.005, 0.6)]
+    adjusted = [c.adjusted_p for c in stats.holm(family)]
+    # sorted: 0.005*5, 0.01*4, 0.03*3, max(0.04*2, 0.09), min(1, 0.6*1) -> monotone
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.6])
+    assert [c.real for c in stats.holm(family)] == [True, False, False, True, False]
 
 
-@pytest.mark.parametrize(("a", "b"), [([0.8], [0.7, 0.75]), ([0.8, 0.8], [0.7, 0.7])],
-                         ids=["one-seed", "no-spread"])
-def test_within_noise_cannot_judge(a, b):
-    same, p = stats.within_noise(a, b)
-    assert same is None and math.isnan(p)
+@pytest.mark.parametrize(("a", "b"), [({0: 0.8}, {0: 0.7, 1: 0.75}),
+                                      ({0: 0.8, 1: 0.8}, {"t1": 0.7, "t2": 0.7}),
+                                      ({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.8})],
+                         ids=["one-seed", "no-spread", "pairs-that-moved-as-one"])
+def test_a_contrast_without_two_values_or_any_spread_cannot_be_judged(a, b):
+    assert stats.compare(a, b) is None
 
 
 def test_mean_curve_averages_the_runs_that_reached_each_epoch():
@@ -97,8 +119,8 @@ def test_mean_curve_averages_the_runs_that_reached_each_epoch():
 
 VARIANTS = {  # variant -> (best val acc, final test acc) per seed
     "adam": ([0.87, 0.88, 0.89], [0.85, 0.86, 0.87]),
-    "rmsprop": ([0.86, 0.87, 0.88], [0.845, 0.855, 0.865]),
-    "sgd": ([0.80, 0.81, 0.82], [0.78, 0.79, 0.80]),
+    "rmsprop": ([0.86, 0.87, 0.88], [0.845, 0.858, 0.862]),
+    "sgd": ([0.80, 0.81, 0.82], [0.78, 0.795, 0.795]),
 }
 
 
@@ -156,10 +178,19 @@ def test_comparison_report(tmp_path):
     assert "13 trials: 10 complete, 1 pruned, 1 failed, 1 diverged." in markdown
     assert "1 trial(s) reused an identical earlier configuration: counted once." in markdown
 
-    assert ("`adam` and `rmsprop` are within noise of each other (Welch t-test p = 0.57, "
-            "3 seeds each).") in markdown
-    assert "`adam` beats `sgd` by 7.0 points of test accuracy (p = 0.001, 3 seeds each)." \
-        in markdown
+    # Seeds 0-2 on each side: paired tests, adam against the 2 others as one family (Holm).
+    rmsprop_p = scipy_stats.ttest_rel([0.85, 0.86, 0.87], [0.845, 0.858, 0.862]).pvalue
+    sgd = scipy_stats.ttest_rel([0.85, 0.86, 0.87], [0.78, 0.795, 0.795])
+    low, high = sgd.confidence_interval()
+    assert sgd.pvalue * 2 < 0.05 < rmsprop_p  # Holm: the smaller p times 2, the larger times 1
+    assert ("`adam` and `rmsprop` are within noise of each other (`adam` − `rmsprop` = +0.5 "
+            "points of test accuracy, 95% CI") in markdown
+    assert (f"paired t-test over 3 seeds, p = {rmsprop_p:.2g}, Holm-adjusted p = "
+            f"{rmsprop_p:.2g})") in markdown
+    assert (f"`adam` beats `sgd` (`adam` − `sgd` = +7.0 points of test accuracy, 95% CI "
+            f"{100 * low:+.1f} to {100 * high:+.1f}; paired t-test over 3 seeds, "
+            f"p = {sgd.pvalue:.2g}, Holm-adjusted p = {2 * sgd.pvalue:.2g}).") in markdown
+    assert "The 2 contrasts are one family: Holm's step-down correction" in markdown
     for name in ("test_score.png", "learning_curves.png"):
         assert f"]({name})" in markdown
         assert_png(tmp_path / name)
@@ -200,7 +231,7 @@ def test_regression_comparison_judges_by_lower_rmse(tmp_path):
                      "trainer.seed": IntDistribution(0, 9)}
     for name, base in (("big", 2.0), ("small", 1.0)):
         for seed in range(3):
-            rmse = base + seed / 10
+            rmse = base + seed / 10 + (0.05 if (name, seed) == ("big", 1) else 0)
             study.add_trial(create_trial(
                 value=rmse, params={"variant": name, "trainer.seed": seed},
                 distributions=distributions, user_attrs={"outcome": "completed", "history": [
@@ -208,7 +239,7 @@ def test_regression_comparison_judges_by_lower_rmse(tmp_path):
     markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
     assert markdown.index("| `small` |") < markdown.index("| `big` |")
     assert "| test RMSE |" in markdown
-    assert "`small` beats `big` by 1 in test RMSE" in markdown
+    assert "`small` beats `big` (`small` − `big` = -1.02 in test RMSE, 95% CI" in markdown
     assert_png(tmp_path / "learning_curves.png")
 
 

@@ -8,14 +8,13 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import optuna
 from omegaconf import DictConfig
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_experiments.report.figures import curves_figure, save, save_optuna_plot, score_figure
-from mlp_experiments.report.stats import Summary, best_first, within_noise
+from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm
 from mlp_experiments.report.trials import (
     Variant,
     final,
@@ -61,33 +60,37 @@ def status_counts(trials: list[FrozenTrial]) -> str:
     return ", ".join(f"{count} {name}" for name, count in counts.most_common())
 
 
-def seeds_text(a: int, b: int) -> str:
-    if a == b:
-        return f"{a} seed{'s' if a != 1 else ''} each"
-    return f"{a} and {b} seeds"
+def signed(difference: float, task: Task) -> str:
+    """A difference of test scores: in points of accuracy, or in RMSE."""
+    return f"{100 * difference:+.1f}" if not task.regression else f"{difference:+.3g}"
 
 
-def difference_text(difference: float, task: Task) -> str:
-    if not task.regression:
-        return f"{100 * difference:.1f} points of test accuracy"
-    return f"{difference:.3g} in test RMSE"
-
-
-def comparison_sentence(a: Variant, b: Variant, task: Task) -> str:
-    values_a, values_b = a.test_values(task), b.test_values(task)
-    same, p = within_noise(values_a, values_b)
-    seeds = seeds_text(len(values_a), len(values_b))
-    if same is None:
+def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task: Task) -> str:
+    """`a` (the best) against `b`: which one is better, if the difference is real, by how much
+    (`a`'s score minus `b`'s, with its interval), and the test that says so."""
+    if contrast is None:
+        n_a, n_b = len(a.trials), len(b.trials)
+        counts = f"{n_a} seed{'s' * (n_a != 1)} each" if n_a == n_b else f"{n_a} and {n_b} seeds"
         return (f"`{a.name}` against `{b.name}` cannot be judged: it needs at least 2 seeds on "
-                f"each side and some spread between seeds ({seeds}).")
-    if same:
-        return (f"`{a.name}` and `{b.name}` are within noise of each other "
-                f"(Welch t-test p = {p_value(p)}, {seeds}).")
-    mean_a, mean_b = np.mean(values_a), np.mean(values_b)
-    a_wins = (mean_a > mean_b) == higher_is_better(task.score)
+                f"each side and some spread between seeds ({counts}).")
+    unit = "points of test accuracy" if not task.regression else "in test RMSE"
+    size = (f"`{a.name}` − `{b.name}` = {signed(contrast.difference, task)} {unit}, 95% CI "
+            f"{signed(contrast.low, task)} to {signed(contrast.high, task)}")
+    test = (f"{contrast.test} over {contrast.seeds}, p = {p_value(contrast.p)}, "
+            f"Holm-adjusted p = {p_value(contrast.adjusted_p)}")
+    if not contrast.real:
+        return f"`{a.name}` and `{b.name}` are within noise of each other ({size}; {test})."
+    a_wins = (contrast.difference > 0) == higher_is_better(task.score)
     winner, loser = (a, b) if a_wins else (b, a)
-    difference = difference_text(abs(mean_a - mean_b), task)
-    return f"`{winner.name}` beats `{loser.name}` by {difference} (p = {p_value(p)}, {seeds})."
+    return f"`{winner.name}` beats `{loser.name}` ({size}; {test})."
+
+
+def contrasts_with_the_best(variants: list[Variant], task: Task) -> list[Contrast | None]:
+    """Each variant after the first against the first, as one family (Holm)."""
+    contrasts = [compare(variants[0].test_by_seed(task), other.test_by_seed(task))
+                 for other in variants[1:]]
+    judged = holm([c for c in contrasts if c is not None])
+    return [judged.pop(0) if c is not None else None for c in contrasts]
 
 
 def comparison_section(study, metric: str, folder: Path) -> list[str]:
@@ -116,10 +119,17 @@ def comparison_section(study, metric: str, folder: Path) -> list[str]:
     if len(measured) < 2:
         lines.append("Fewer than two variants have a completed trial: nothing to compare.")
         return lines
-    lines += [f"- {comparison_sentence(measured[0], other, task)}" for other in measured[1:]]
+    contrasts = contrasts_with_the_best(measured, task)
+    lines += [f"- {comparison_sentence(measured[0], other, contrast, task)}"
+              for other, contrast in zip(measured[1:], contrasts, strict=True)]
     save(score_figure(measured, task), folder / "test_score.png")
     save(curves_figure(measured, task), folder / "learning_curves.png")
-    lines += ["", "(Welch's t-test on the per-seed final test scores, 5% level.)", "",
+    lines += ["", f"(Each variant against the best on the per-seed final test scores: the "
+              f"paired t-test over the seeds both ran, since a seed fixes the data order and, "
+              f"for the same network, the initial weights; Welch's t-test where the seeds do "
+              f"not match. The {sum(c is not None for c in contrasts)} contrasts are one "
+              f"family: Holm's step-down correction keeps the chance of any false \"beats\" "
+              f"at 5%. Each difference's 95% interval is not adjusted.)", "",
               "## Figures", "",
               f"![Final test {task.score_label} per variant](test_score.png)", "",
               "![Mean learning curves per variant](learning_curves.png)"]

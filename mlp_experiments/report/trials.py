@@ -70,6 +70,14 @@ class Variant:
     def test_values(self, task: Task) -> list[float]:
         return [final(t, f"test_{task.score}") for t in self.trials]
 
+    def test_by_seed(self, task: Task) -> dict:
+        """The final test scores keyed by seed, which pairs two variants' runs; keyed by trial
+        (pairing nothing) where the trials do not each have a seed of their own."""
+        seeds = [t.params.get(SEED_KEY) for t in self.trials]
+        if None in seeds or len(set(seeds)) < len(seeds):
+            seeds = [f"trial {t.number}" for t in self.trials]
+        return dict(zip(seeds, self.test_values(task), strict=True))
+
     def test(self, task: Task) -> Summary:
         return summarise(self.test_values(task))
 
