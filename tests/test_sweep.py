@@ -296,6 +296,14 @@ def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 6
 
 
+def test_two_worker_processes_run_every_cell_of_a_grid_once(sweep_file):
+    study = run_sweep(sweep_file(GRID, "sweep.n_workers=2", "sweep.space={trainer.seed: "
+                                       "'range(0, 4)'}"))
+    cells = sorted((t.params["variant"], t.params["trainer.seed"]) for t in study.trials)
+    assert cells == [(variant, seed) for variant in ("adam", "sgd") for seed in range(4)]
+    assert all(t.user_attrs["outcome"] == "completed" for t in study.trials)
+
+
 def test_the_best_trial_is_written_under_the_working_directory_as_a_preset_that_reproduces_it(
     sweep_file, workdir, tracking_uri, capsys
 ):

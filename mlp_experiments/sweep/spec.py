@@ -159,7 +159,10 @@ def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
     import optuna
 
     if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants), seed=seed)
+        # Optuna gives trial k the k-th cell of the grid shuffled by this seed: every worker
+        # must shuffle it alike, or two run one cell and none another.
+        return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants),
+                                           seed=sweep.seed)
     if sweep.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if sweep.sampler == "random":

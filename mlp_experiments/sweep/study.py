@@ -69,7 +69,8 @@ class LostTrial:
 def open_study(sweep: DictConfig, distributions: dict[str, Any], tracking_uri: str | None = None):
     """Create or load the study. Each opening (a resumed command, a worker, a command on another
     machine) seeds its sampler differently, in the order they open the study: two workers must
-    not propose the same trials, and a resumed search must not repeat its first ones."""
+    not propose the same trials, and a resumed search must not repeat its first ones (a grid
+    keeps the sweep's seed: make_sampler says why)."""
     import optuna
 
     # Workers starting at once would race to create the storage's tables and the study.
