@@ -42,6 +42,12 @@ MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned":
 # is down, not MLflow's default of minutes. Set the variables to choose another budget.
 RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+# An experiment's kind, as MLflow's UI names it (its JS bundle reads and writes the tag; MLflow's
+# Python package has no constant for either): these experiments train models, not GenAI apps.
+# MLflow 3.17's UI still opens on the view of its sidebar's GenAI / Model training switch,
+# whatever the kind (see tests/test_browser.py); the kind tells other readers what runs these are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def open_store(uri: str, experiment: str) -> str:
@@ -61,12 +67,24 @@ def _experiment_id(uri: str, experiment: str) -> str:
     database = sqlite_path(uri)
     try:
         with locks.file_lock(Path(f"{database}.lock")) if database else nullcontext():
-            return mlflow.set_experiment(experiment).experiment_id
+            opened = mlflow.set_experiment(experiment)
+            mark_as_model_training(opened)
+            return opened.experiment_id
     except Exception as error:
         raise UserError(
             f"Cannot open MLflow tracking store {redact(uri)} ({redact(str(error))}). Fix "
             f"tracking.uri, or record nothing with tracking=none."
         ) from None
+
+
+def mark_as_model_training(experiment) -> None:
+    """Give the experiment MLflow's kind for model training when it has no kind: a new one, or
+    one from a store this project wrote before it set the kind. A kind already there, chosen in
+    the UI or by hand, stays. Called once per process and experiment (`_experiment_id` is
+    cached), so an experiment that has its kind costs nothing more."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 MODEL_TRAINING_KIND)
 
 
 def create_run(cfg: DictConfig, run_name: str, parent_run_id: str | None) -> str:

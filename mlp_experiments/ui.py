@@ -72,7 +72,8 @@ def commands(cfg: DictConfig) -> list[tuple[str, list[str], str]]:
     host, ui = cfg.ui.host, cfg.ui
     servers = [("MLflow UI",
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                 cfg.tracking.uri, "--host", host, "--port", str(ui.port), "--workers", "1"],
+                 cfg.tracking.uri, "--host", host, "--port", str(ui.port), "--workers", "1",
+                 "--app-name", "mlp-experiments"],  # opens on the training view: mlflow_app.py
                 f"http://{host}:{ui.port}")]
     if study_storage_exists(ui.storage):
         # Beside this interpreter: the environment need not be activated.

@@ -1,10 +1,16 @@
 """End to end in a browser: `python -m mlp_experiments.ui` serves a fresh store of real runs and a
 small sweep, and headless Chromium must render them in the MLflow UI and in optuna-dashboard.
 
+MLflow 3.17 shows an experiment either as a GenAI app (traces, evaluation runs) or as model
+training, by the GenAI / Model training switch at the top of its sidebar, which a browser remembers
+and which starts on GenAI; it does not read the experiment's kind (`mlflow.experimentKind`, which
+the runs set). `mlp-ui`'s MLflow (mlflow_app.py) starts a fresh browser on Model training: every
+test browses as a fresh browser.
+
 Every page is saved as a full-page screenshot under $SCREENSHOT_DIR (default
-<temporary folder>/mlp-experiments-screenshots), for CI to keep. The selectors follow the pinned
-MLflow (3.x, React with ag-grid and plotly) and optuna-dashboard (MUI and plotly) front ends: see
-the notes at each test.
+<temporary folder>/mlp-experiments-screenshots), for CI to keep (docs/ui/ has some of them). The
+selectors follow the pinned MLflow (3.x, React with ag-grid and plotly) and optuna-dashboard (MUI
+and plotly) front ends: see the notes at each test.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 120  # both servers answer HTTP (MLflow starts 4 workers: slow on a busy CI box)
 STOP_TIMEOUT_S = 60  # the UI command exits after SIGINT (it gives each server 10 s, then kills)
 UI_TIMEOUT_MS = 45_000  # a page's first render: the React bundles are large
+VIEWPORT = {"width": 1440, "height": 900}  # a laptop's screen: legible when the README scales it
 EXPERIMENT = "browser"
 STUDY = "browser_grid"
 EPOCHS = 3  # of the standalone runs: three points on each metric chart
@@ -79,6 +86,8 @@ class Store:
     params: dict[str, dict[str, str]] = field(default_factory=dict)  # run name -> params
     parent_name: str = f"study-{STUDY}"
     trial_names: list[str] = field(default_factory=list)
+    # trial name -> its val_acc history, (step, value) per epoch
+    val_acc: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +97,7 @@ def store(tmp_path_factory) -> Store:
     from mlflow import MlflowClient
 
     from mlp_experiments.config.compose import compose_config
+    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
     from mlp_experiments.sweep import spec
     from mlp_experiments.sweep.command import run_sweep
     from mlp_experiments.train import train
@@ -110,7 +120,9 @@ def store(tmp_path_factory) -> Store:
     assert len(study.trials) == 2
 
     client = MlflowClient(store.tracking_uri)
-    store.experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    store.experiment_id = experiment.experiment_id
     runs = client.search_runs([store.experiment_id])
     store.run_ids = {run.info.run_name: run.info.run_id for run in runs}
     store.params = {run.info.run_name: run.data.params for run in runs}
@@ -120,6 +132,9 @@ def store(tmp_path_factory) -> Store:
                                if run.data.tags.get("mlflow.parentRunId") == parent_id)
     assert store.trial_names == [f"{STUDY}-0", f"{STUDY}-1"]
     assert set(store.run_ids) == {*RUNS, store.parent_name, *store.trial_names}
+    store.val_acc = {name: [(m.step, m.value) for m in client.get_metric_history(
+                         store.run_ids[name], "val_acc")] for name in store.trial_names}
+    assert all(len(history) == 2 for history in store.val_acc.values())  # trainer.epochs=2
     return store
 
 
@@ -232,7 +247,7 @@ def browser(servers):
 @pytest.fixture
 def page(browser, request):
     """A fresh page (no state from other tests); on a failure, the page as it was is saved."""
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
     failed_before = request.session.testsfailed
@@ -240,6 +255,25 @@ def page(browser, request):
     if request.session.testsfailed > failed_before:
         screenshot(page, f"{request.node.name}-FAILED")
     context.close()
+
+
+@pytest.fixture
+def training_page(page, servers):
+    """A fresh page on MLflow's experiments list, in the Model training view it opens on."""
+    open_training_view(page, servers)
+    return page
+
+
+def open_training_view(page, servers) -> None:
+    """Open MLflow as a fresh browser does: `mlp-ui`'s MLflow (mlflow_app.py) starts it on the
+    Model training view, with no click. Then close the MLflow Assistant panel, which opens by
+    itself on a browser's first visit and would take a quarter of every screenshot."""
+    page.goto(f"{servers.mlflow}/#/experiments")
+    page.get_by_role("link", name="Model registry").wait_for()  # only the training view has it
+    assistant_hint = page.get_by_text("Ask questions about your experiments")
+    assistant_hint.wait_for()
+    page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]').click()
+    assistant_hint.wait_for(state="hidden")
 
 
 def screenshot(page, name: str) -> Path:
@@ -262,6 +296,45 @@ def grid_row(page, run_id: str):
     return page.locator(f'[role="row"][row-id="{run_id}"]').first
 
 
+def experiment_link(page, store):
+    """The experiment's link in the experiments list."""
+    return page.locator(f'a[href="#/experiments/{store.experiment_id}"]', has_text=EXPERIMENT)
+
+
+def open_runs_table(page, servers, store) -> None:
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}")
+    grid_row(page, store.run_ids[store.parent_name]).wait_for()
+
+
+def experiment_view(page, store) -> str:
+    """Which view the experiment page shows, once it shows one: "genai" (its sidebar offers
+    Evaluation runs; the page opens on a traces overview) or "training" (the runs table)."""
+    genai = page.get_by_text("Evaluation runs", exact=True)
+    runs_table = grid_row(page, store.run_ids[store.parent_name])
+    genai.or_(runs_table).first.wait_for()
+    return "genai" if genai.count() else "training"
+
+
+def unfold(parent_row) -> None:
+    """Click the fold toggle: the button before the name in the parent's name cell."""
+    parent_row.locator('[col-id="attributes.`Run Name`"] button').first.click()
+
+
+def artifact_node(name: str) -> str:
+    """The artifact tree's entry (a file or a folder) named `name`."""
+    return f'[data-testid="artifact-tree-node"][artifact-name="{name}"]'
+
+
+def wait_for_artifact_tree_to_settle(page) -> None:
+    """The artifact tree unfolds a folder with an animation, its entries overlapping until it
+    ends: wait until each entry stands below the one before it, for the screenshot."""
+    page.wait_for_function("""() => {
+        const boxes = [...document.querySelectorAll('[data-testid="artifact-tree-node"]')]
+            .map(node => node.getBoundingClientRect());
+        return boxes.every((box, i) => i === 0 || box.top >= boxes[i - 1].bottom - 1);
+    }""")
+
+
 def row_cells(page, label: str) -> list[str]:
     """The compare view's values in the row headed `label` (an HTML table)."""
     header = page.locator("th", has_text=re.compile(rf"^{re.escape(label)}$"))
@@ -273,23 +346,36 @@ def row_cells(page, label: str) -> list[str]:
 # ---------------------------------------------------------------------------- MLflow UI
 
 
-def test_experiment_list_and_runs_table_show_the_experiment_and_runs(page, servers, store):
-    page.goto(f"{servers.mlflow}/#/experiments")
-    link = page.locator(f'a[href="#/experiments/{store.experiment_id}"]', has_text=EXPERIMENT)
+def test_the_experiment_opens_on_the_training_runs_table(training_page, servers, store):
+    page = training_page  # on the experiments list, where choosing the view left it
+    link = experiment_link(page, store)
     link.wait_for()
     assert link.inner_text().strip() == EXPERIMENT
     screenshot(page, "01-experiments")
 
-    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+    link.click()
+    assert experiment_view(page, store) == "training"
     for name in [*RUNS, store.parent_name]:  # top-level rows (trials are folded under theirs)
         row = grid_row(page, store.run_ids[name])
         row.wait_for()
         assert row.get_by_text(name, exact=True).is_visible()
     assert page.get_by_text(f"{len(store.run_ids)} matching runs").is_visible()
+    for genai_only in ("Evaluation runs", "Prompts & versions", "Token Usage"):
+        assert page.get_by_text(genai_only, exact=True).count() == 0, genai_only
     screenshot(page, "02-runs-table")
 
 
-def test_run_page_shows_params_metrics_and_a_val_acc_chart(page, servers, store):
+def test_a_fresh_browser_opens_the_experiment_on_the_training_runs_table(page, servers, store):
+    """With no click on the view switch (the other tests' fixture closes the Assistant)."""
+    page.goto(f"{servers.mlflow}/#/experiments")
+    experiment_link(page, store).click()
+    view = experiment_view(page, store)
+    screenshot(page, "02-fresh-browser-experiment")
+    assert view == "training"
+
+
+def test_run_page_shows_params_metrics_and_a_val_acc_chart(training_page, servers, store):
+    page = training_page
     name = "browser-sgd-logged"
     run_id = store.run_ids[name]
     page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{run_id}")
@@ -309,24 +395,25 @@ def test_run_page_shows_params_metrics_and_a_val_acc_chart(page, servers, store)
     screenshot(page, "03-run-overview")
 
     page.get_by_role("tab", name="Model metrics").click()
+    # A chart below the fold is not drawn: search for it, as a person would, to bring it up.
+    page.get_by_placeholder("Search metric charts").fill("val_acc")
     # one chart card per metric, titled by an <h4>; its plotly line has a marker per epoch
     card = page.locator('[data-testid="experiment-view-compare-runs-card"]').filter(
         has=page.locator('h4[title="val_acc"]'))
     card.locator("svg.main-svg path.js-line").first.wait_for()
     assert card.locator("svg.main-svg path.point").count() >= EPOCHS
     assert card.get_by_text(f"{name} (val_acc)").is_visible()  # the legend
-    card.scroll_into_view_if_needed()
     screenshot(page, "04-run-model-metrics")
 
 
-def test_artifacts_list_the_plots_and_show_one(page, servers, store):
+def test_artifacts_list_the_plots_and_show_one(training_page, servers, store):
+    page = training_page
     run_id = store.run_ids["browser-sgd-logged"]
     page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{run_id}/artifacts")
-    node = '[data-testid="artifact-tree-node"][artifact-name="{}"]'.format
-    page.locator(node("plots")).click()  # a folder: expands in place
+    page.locator(artifact_node("plots")).click()  # a folder: expands in place
     for plot in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
-        page.locator(node(plot)).wait_for()
-    page.locator(node("learning_curves.png")).click()
+        page.locator(artifact_node(plot)).wait_for()
+    page.locator(artifact_node("learning_curves.png")).click()
     page.get_by_text("plots/learning_curves.png", exact=True).wait_for()
     # the preview: an <img> (from a blob of the downloaded file) that decoded
     preview = page.locator('.mlflow-artifact-right img[src^="blob:"]').first
@@ -336,17 +423,17 @@ def test_artifacts_list_the_plots_and_show_one(page, servers, store):
     natural = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     logged = store.folder / "mlruns" / store.experiment_id / run_id / "artifacts" / "plots"
     assert tuple(natural) == png_size(logged / "learning_curves.png")
+    wait_for_artifact_tree_to_settle(page)
     screenshot(page, "05-run-artifacts")
 
 
-def test_sweep_parent_run_unfolds_into_its_trials(page, servers, store):
-    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+def test_sweep_parent_run_unfolds_into_its_trials(training_page, servers, store):
+    page = training_page
+    open_runs_table(page, servers, store)
     parent = grid_row(page, store.run_ids[store.parent_name])
-    parent.wait_for()
     trial_rows = [grid_row(page, store.run_ids[name]) for name in store.trial_names]
     assert all(row.count() == 0 for row in trial_rows)  # folded under the parent at first
-    # the fold toggle: the button before the name in the parent's name cell
-    parent.locator('[col-id="attributes.`Run Name`"] button').first.click()
+    unfold(parent)
     parent_index = int(parent.get_attribute("row-index"))
     below = set()
     for name, row in zip(store.trial_names, trial_rows, strict=True):
@@ -358,8 +445,25 @@ def test_sweep_parent_run_unfolds_into_its_trials(page, servers, store):
     screenshot(page, "06-sweep-parent-and-trials")
 
 
-def test_compare_view_shows_the_selected_runs_and_their_params(page, servers, store):
-    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs")
+def test_sweep_parent_run_opens_with_its_sweep_and_its_trials(training_page, servers, store):
+    page = training_page
+    open_runs_table(page, servers, store)
+    parent_id = store.run_ids[store.parent_name]
+    grid_row(page, parent_id).get_by_role("link", name=store.parent_name, exact=True).click()
+    page.wait_for_url(re.compile(rf"/runs/{parent_id}$"))
+    page.get_by_role("heading", name=store.parent_name, exact=True).wait_for()
+    sampler = page.get_by_role("row").filter(
+        has=page.get_by_role("cell", name="sampler", exact=True))
+    assert sampler.get_by_role("cell").all_inner_texts()[1].strip() == "grid"
+    for name in store.trial_names:  # "Child runs" in About this run: a link to each trial
+        link = page.get_by_role("link", name=name, exact=True)
+        assert link.get_attribute("href").endswith(f"/runs/{store.run_ids[name]}")
+    screenshot(page, "07-sweep-parent-run")
+
+
+def test_compare_view_shows_the_selected_runs_and_their_params(training_page, servers, store):
+    page = training_page
+    open_runs_table(page, servers, store)
     for name in RUNS:
         row = grid_row(page, store.run_ids[name])
         row.locator("input.ag-checkbox-input").check()  # the row-selection box
@@ -375,7 +479,59 @@ def test_compare_view_shows_the_selected_runs_and_their_params(page, servers, st
         assert shown == {name: store.params[name][key] for name in RUNS}
     page.locator("tr", has=page.locator("th", has_text=re.compile(r"^optimizer\.lr$"))).first \
         .scroll_into_view_if_needed()
-    screenshot(page, "07-compare-runs")
+    screenshot(page, "08-compare-runs")
+
+
+def test_two_trials_val_acc_curves_are_compared_on_one_chart(training_page, servers, store):
+    """Unfold the sweep, select its two trials, Compare, then their val_acc: MLflow's metric
+    page draws one curve per run and tabulates each run's values."""
+    page = training_page
+    open_runs_table(page, servers, store)
+    unfold(grid_row(page, store.run_ids[store.parent_name]))
+    for name in store.trial_names:
+        grid_row(page, store.run_ids[name]).locator("input.ag-checkbox-input").check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text(f"Comparing {len(store.trial_names)} Runs from 1 Experiment").wait_for()
+    page.locator('a[href^="#/metric"]', has_text=re.compile(r"^val_acc$")).click()
+    page.wait_for_url(re.compile(r"#/metric\?"))
+
+    card = page.locator('[data-testid="experiment-view-compare-runs-card"]').filter(
+        has_text="val_acc")
+    card.locator("svg.main-svg path.js-line").first.wait_for()
+    for name in store.trial_names:  # the legend
+        assert card.get_by_text(f"{name} (val_acc)", exact=True).is_visible()
+    # each run's curve in its own colour (plotly also draws each unsmoothed, faintly)
+    colours = card.locator("svg.main-svg path.js-line").evaluate_all(
+        "paths => paths.map(path => path.style.stroke)")
+    assert len(set(colours)) == len(store.trial_names)
+    # the table below: each run's latest, min and max val_acc, "<value> (step=<step>)"
+    for name, history in store.val_acc.items():
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
+        latest = row.get_by_role("cell").all_inner_texts()[1]
+        value, step = re.fullmatch(r"(\S+) \(step=(\d+)\)", latest.strip()).groups()
+        assert (int(step), float(value)) == history[-1]
+    card.scroll_into_view_if_needed()
+    screenshot(page, "09-trials-val-acc")
+
+
+def test_sweep_report_opens_in_the_parent_runs_artifacts(training_page, servers, store):
+    page = training_page
+    parent_id = store.run_ids[store.parent_name]
+    page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{parent_id}")
+    page.get_by_role("tab", name="Artifacts").click()
+    page.locator(artifact_node("report")).click()
+    page.locator(artifact_node("report.md")).click()
+    page.get_by_text("report/report.md", exact=True).wait_for()
+    # MLflow renders markdown: the report's "# Study `browser_grid`" is a heading
+    preview = page.locator(".mlflow-artifact-right")
+    preview.get_by_role("heading", name=f"Study {STUDY}", level=1).wait_for()
+    variants = preview.get_by_role("table").first
+    for variant in ("adam", "sgd"):  # a row per variant of the comparison
+        assert variants.get_by_role("cell", name=variant, exact=True).is_visible()
+    for figure in ("learning_curves.png", "test_score.png"):  # the report's figures beside it
+        page.locator(artifact_node(figure)).wait_for()
+    wait_for_artifact_tree_to_settle(page)
+    screenshot(page, "10-sweep-report")
 
 
 # ---------------------------------------------------------------------------- optuna-dashboard
@@ -386,7 +542,7 @@ def test_optuna_dashboard_lists_the_study_and_shows_its_trials(page, servers, st
     card = page.locator('a[href^="/dashboard/studies/"]', has_text=STUDY)
     card.wait_for()
     assert card.get_by_text("Direction: MAXIMIZE").is_visible()
-    screenshot(page, "08-dashboard-studies")
+    screenshot(page, "11-dashboard-studies")
 
     card.click()
     page.wait_for_url(re.compile(r"/dashboard/studies/\d+$"))
@@ -398,12 +554,12 @@ def test_optuna_dashboard_lists_the_study_and_shows_its_trials(page, servers, st
     assert history.locator("text.xtitle").text_content() == "Trial"
     for number in range(len(store.trial_names)):  # the intermediate values' legend
         assert page.get_by_text(f"trial #{number}").first.is_visible()
-    screenshot(page, "09-dashboard-study")
+    screenshot(page, "12-dashboard-study")
 
     page.goto(page.url + "/trials")
     for number in range(len(store.trial_names)):
         page.get_by_text(f"Trial {number}", exact=True).first.wait_for()
-    screenshot(page, "10-dashboard-trials")
+    screenshot(page, "13-dashboard-trials")
 
 
 # ---------------------------------------------------------------------------- the command

@@ -185,3 +185,33 @@ def test_a_run_names_the_slurm_job_it_ran_in(monkeypatch):
         monkeypatch.setenv(name, value)
     assert cluster.slurm_tags() == {"slurm_job_id": "40_2", "slurm_array_task_id": "2",
                                     "slurm_restart_count": "1"}
+
+
+def test_a_new_experiment_is_marked_as_model_training(synthetic_cfg, workdir, request):
+    """The kind MLflow's UI reads (`mlflow.experimentKind`), set by the run that creates it."""
+    from conftest import open_tracking_store
+
+    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    uri = open_tracking_store(workdir)  # fresh: the run creates the experiment
+    train(synthetic_cfg(f"tracking.uri={uri}"))
+    client, (run,) = only_run(uri, request.node.name)
+    assert run.data.tags["outcome"] == "completed"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND == "custom_model_development"
+
+
+def test_an_experiment_without_a_kind_gets_it_and_a_chosen_kind_stays(synthetic_cfg,
+                                                                      tracking_uri, request):
+    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    client = MlflowClient(tracking_uri)
+    older = client.create_experiment(f"{request.node.name}-older")  # as an older version left it
+    chosen = client.create_experiment(f"{request.node.name}-chosen",
+                                      tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for experiment_id in (older, chosen):
+        name = client.get_experiment(experiment_id).name
+        train(synthetic_cfg(f"tracking.experiment='{name}'"))
+        assert len(client.search_runs([experiment_id])) == 1
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
