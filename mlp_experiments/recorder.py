@@ -44,8 +44,8 @@ RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BAC
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 # An experiment's kind, as MLflow's UI names it (its JS bundle reads and writes the tag; MLflow's
 # Python package has no constant for either): these experiments train models, not GenAI apps.
-# MLflow 3.17's UI still opens on the view of its sidebar's GenAI / Model training switch,
-# whatever the kind (see tests/test_browser.py); the kind tells other readers what runs these are.
+# MLflow 3.17's UI chooses its view by its sidebar's switch, whatever the kind (mlflow_app.py
+# makes that switch start on Model training); the kind tells other readers what runs these are.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 
