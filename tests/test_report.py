@@ -209,6 +209,21 @@ def test_comparison_with_one_seed_cannot_be_judged(tmp_path):
     assert "undefined (n = 1)" in markdown
 
 
+def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_path):
+    """Log-softmax + NLL is cross-entropy: the same numbers on every seed, nothing to test."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["ce", "nll"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name in ("ce", "nll"):
+        for seed, value in enumerate((0.84, 0.85, 0.83)):
+            add(study, value=value, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=history([value], value), outcome="completed")
+    markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
+    assert ("`ce` and `nll` score the same on every seed (3): the same computation, nothing to "
+            "test.") in markdown
+
+
 def test_comparison_that_minimises_puts_the_lowest_first(tmp_path):
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("kind", "comparison")

@@ -43,7 +43,8 @@ def interval(summary: Summary) -> str:
 
 
 def p_value(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+    """`p = 0.042` or `p < 0.001`, as a sentence says it."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def param(value) -> str:
@@ -68,6 +69,9 @@ def signed(difference: float, task: Task) -> str:
 def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task: Task) -> str:
     """`a` (the best) against `b`: which one is better, if the difference is real, by how much
     (`a`'s score minus `b`'s, with its interval), and the test that says so."""
+    if contrast is None and a.test_by_seed(task) == b.test_by_seed(task):
+        return (f"`{a.name}` and `{b.name}` score the same on every seed "
+                f"({len(a.trials)}): the same computation, nothing to test.")
     if contrast is None:
         n_a, n_b = len(a.trials), len(b.trials)
         counts = f"{n_a} seed{'s' * (n_a != 1)} each" if n_a == n_b else f"{n_a} and {n_b} seeds"
@@ -76,8 +80,8 @@ def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task:
     unit = "points of test accuracy" if not task.regression else "in test RMSE"
     size = (f"`{a.name}` − `{b.name}` = {signed(contrast.difference, task)} {unit}, 95% CI "
             f"{signed(contrast.low, task)} to {signed(contrast.high, task)}")
-    test = (f"{contrast.test} over {contrast.seeds}, p = {p_value(contrast.p)}, "
-            f"Holm-adjusted p = {p_value(contrast.adjusted_p)}")
+    test = (f"{contrast.test} over {contrast.seeds}, {p_value(contrast.p)}, "
+            f"Holm-adjusted {p_value(contrast.adjusted_p)}")
     if not contrast.real:
         return f"`{a.name}` and `{b.name}` are within noise of each other ({size}; {test})."
     a_wins = (contrast.difference > 0) == higher_is_better(task.score)
