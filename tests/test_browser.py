@@ -497,13 +497,20 @@ def test_two_trials_val_acc_curves_are_compared_on_one_chart(training_page, serv
 
     card = page.locator('[data-testid="experiment-view-compare-runs-card"]').filter(
         has_text="val_acc")
-    card.locator("svg.main-svg path.js-line").first.wait_for()
     for name in store.trial_names:  # the legend
-        assert card.get_by_text(f"{name} (val_acc)", exact=True).is_visible()
-    # each run's curve in its own colour (plotly also draws each unsmoothed, faintly)
-    colours = card.locator("svg.main-svg path.js-line").evaluate_all(
-        "paths => paths.map(path => path.style.stroke)")
-    assert len(set(colours)) == len(store.trial_names)
+        card.get_by_text(f"{name} (val_acc)", exact=True).wait_for()
+    # Each run's curve in its own colour (plotly also draws each unsmoothed, faintly, in the
+    # same colour). Attached, not visible: a flat curve (adam's val_acc is 1.0 at both epochs
+    # of this synthetic task) has an empty bounding box, which Playwright calls hidden.
+    curves = card.locator("svg.main-svg path.js-line")
+
+    def colours() -> set[str]:
+        return set(curves.evaluate_all("paths => paths.map(path => path.style.stroke)"))
+
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000  # plotly draws the runs one by one
+    while len(colours()) < len(store.trial_names) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(colours()) == len(store.trial_names)
     # the table below: each run's latest, min and max val_acc, "<value> (step=<step>)"
     for name, history in store.val_acc.items():
         row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
