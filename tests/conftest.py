@@ -3,12 +3,15 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlp_experiments.config.compose import compose_config
+from mlp_experiments.locks import file_lock
+from mlp_experiments.stores import sqlite_path
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -50,6 +53,15 @@ def open_tracking_store(folder: Path) -> str:
         patch.chdir(folder)
         MlflowClient(uri).search_experiments()
     return uri
+
+
+@contextmanager
+def store_lock(url: str):
+    """The lock our processes hold while they create a SQLite store's tables (MLflow's or
+    Optuna's). A test polling a store that a child process may still be creating takes it too:
+    opening the store creates the tables, and two creations at once make one of them fail."""
+    with file_lock(Path(f"{sqlite_path(url)}.lock")):
+        yield
 
 
 @pytest.fixture(scope="session")

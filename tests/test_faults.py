@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+from conftest import free_port, store_lock
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -40,7 +40,8 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]
 
 def runs(uri: str, experiment: str = "mlp-experiments") -> list:
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
+    with store_lock(uri):
+        found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
 
 
@@ -224,7 +225,8 @@ def running_trial(tmp_path: Path, name: str, epochs: int):
     def ready():
         try:
             storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-            study = optuna.load_study(study_name=name, storage=storage)
+            with store_lock(storage):
+                study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             return None
         return next((t for t in study.get_trials(states=(TrialState.RUNNING,))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+from conftest import free_port, store_lock
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_faults import child_runs, runs, steps, wait_for
@@ -186,7 +186,9 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> str:
 
 
 def load(folder: Path, name: str):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    with store_lock(storage):
+        return optuna.load_study(study_name=name, storage=storage)
 
 
 def test_a_multirun_runs_each_job_as_a_slurm_job_recording_where_it_ran(slurm, tmp_path):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import store_lock
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -361,7 +362,8 @@ pruner: none
     while time.monotonic() < deadline:  # wait for the trial's first reported epoch
         time.sleep(1)
         try:
-            (trial,) = optuna.load_study(study_name="tiny_killed", storage=storage).trials
+            with store_lock(storage):
+                (trial,) = optuna.load_study(study_name="tiny_killed", storage=storage).trials
         except (KeyError, ValueError):
             continue
         if trial.intermediate_values:
