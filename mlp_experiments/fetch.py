@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import gzip
 import hashlib
 import os
 import re
@@ -30,7 +29,6 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -223,21 +221,16 @@ def unpack(archive: Path, source: data.IdxSource, work: Path, staging: Path) -> 
 # ---------------------------------------------------------------------------- verify, install
 
 
-def content_md5(path: Path) -> str:
-    """The MD5 of the decompressed bytes, as data.py checks them."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
-        return hashlib.file_digest(stream, "md5").hexdigest()
-
-
 def verify(source: data.IdxSource, folder: Path) -> None:
+    """Each file decoded and its content's MD5 compared as training does (data.read_idx)."""
     files = data.find_files(source, folder)
     if files is None:
         raise SourceFailed(f"it did not give the four files {', '.join(source.md5)}")
     for name, path in files.items():
         try:
-            md5 = content_md5(path)
-        except (OSError, EOFError, zlib.error) as error:
-            raise SourceFailed(f"{path.name} is corrupt ({one_line(error)})") from None
+            md5 = data.read_idx(path)[1]
+        except UserError as error:  # not an IDX file, truncated, corrupt
+            raise SourceFailed(f"{path.name}: {one_line(error)}") from None
         if md5 != source.md5[name]:
             raise SourceFailed(f"{path.name} is not the published file (the MD5 of its content "
                                f"is {md5}, the release's {source.md5[name]}): refused")

@@ -22,7 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import cluster, stores
 from mlp_experiments.config.checks import model_schema, model_shape, validate
-from mlp_experiments.config.compose import CONF_DIR, check_command_line, compose_config
+from mlp_experiments.config.compose import (
+    CONF_DIR,
+    check_command_line,
+    compose_config,
+    group_dirs,
+)
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
@@ -291,8 +296,7 @@ def app_help(overrides: list[str], config_name: str, config_dir: Path,
     folders = [Path(config_dir), *([Path(extra_dir)] if extra_dir else [])]
     groups: dict[str, set[str]] = {}
     for folder in folders:
-        for group in (path for path in folder.iterdir()
-                      if path.is_dir() and path.name != "hydra"):  # Hydra's: --hydra-help
+        for group in group_dirs(folder):
             groups.setdefault(group.name, set()).update(
                 option.relative_to(group).with_suffix("").as_posix()
                 for option in group.rglob("*.yaml"))

@@ -85,6 +85,25 @@ def test_sigkill_mid_run_then_resume_records_every_epoch_in_the_same_run(tmp_pat
     assert int(again.data.tags["resumed_after_epoch"]) >= 2
 
 
+def test_the_job_signals_reaching_the_recorder_leave_the_run_to_the_trainer(tmp_path):
+    """Slurm signals every process of a job (SIGUSR2 before its time limit, SIGTERM on a
+    requeue) and Ctrl-C reaches the whole terminal group: the recording process lives on
+    through them, so the training process alone decides how the run ends, with every epoch."""
+    import psutil
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = start(train_command(tmp_path, uri, "trainer.epochs=6"), tmp_path, "train.log")
+    run = logged_epochs(uri, 2)
+    (recorder,) = [child for child in psutil.Process(process.pid).children()
+                   if "mlp_experiments.recorder" in child.cmdline()]
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        recorder.send_signal(signum)
+    code, log = finish(process, tmp_path, "train.log")
+    assert code == 0, log
+    assert MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]
+
+
 def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=2", "data.train_size=2000")

@@ -18,9 +18,13 @@ from mlp_experiments.errors import UserError, explain_unknown_key, with_causes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-# conf/hydra/ holds options of Hydra's own groups (hydra/launcher=slurm), not the job's.
-CONFIG_GROUPS = frozenset(path.name for path in CONF_DIR.iterdir()
-                          if path.is_dir() and path.name != "hydra")
+def group_dirs(config_dir: Path) -> list[Path]:
+    """The folders of a config directory that are the job's config groups: conf/hydra/ holds
+    options of Hydra's own groups (hydra/launcher=slurm), which --hydra-help lists."""
+    return [path for path in config_dir.iterdir() if path.is_dir() and path.name != "hydra"]
+
+
+CONFIG_GROUPS = frozenset(path.name for path in group_dirs(CONF_DIR))
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
+from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep.presets import publish_best_preset
 from mlp_experiments.sweep.spec import (
     SweepConfig,
@@ -33,9 +34,9 @@ from mlp_experiments.sweep.spec import (
     storage_url,
 )
 from mlp_experiments.sweep.study import (
-    FINISHED_OUTCOMES,
     budget_lock,
     counted_trials,
+    ended_trials,
     more_to_run,
     open_study,
 )
@@ -75,7 +76,7 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
     ]
     lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
     lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
-    if on_slurm and storage_url(sweep).startswith("sqlite"):
+    if on_slurm and sqlite_path(storage_url(sweep)) is not None:
         lines.append("  note: a SQLite storage is safe on Slurm only where every task sees this "
                      "file on one filesystem with working POSIX locks (one node, Lustre, GPFS; "
                      "not NFS): across nodes use PostgreSQL (README, Running on a Slurm cluster)")
@@ -92,7 +93,7 @@ def run_sweep(arguments: list[str]):
     if sweep.launcher == "slurm":  # its settings checked before anything starts
         from mlp_experiments.sweep import slurm
 
-        slurm.job_settings(sweep)
+        slurm_settings = slurm.job_settings(sweep)
     deadline = time.time() + sweep.timeout if sweep.timeout else None
     distributions = parse_space(sweep.space)
     check_space(sweep, training, distributions)
@@ -111,12 +112,11 @@ def run_sweep(arguments: list[str]):
         with budget_lock(storage_url(sweep), sweep.study_name):
             parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
     if sweep.launcher == "slurm":
-        lost_workers = run_on_slurm(sweep, training, parent_run_id, tracking_uri, deadline,
-                                    study, n_trials)
+        lost_workers = run_on_slurm(sweep, slurm_settings, training, parent_run_id,
+                                    tracking_uri, deadline, study, n_trials)
     else:
         lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
-    ended = [t for t in study.get_trials(deepcopy=False)
-             if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+    ended = ended_trials(study)
     if lost_workers and len(ended) < n_trials and not past(deadline):
         raise UserError(
             f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died (see "
@@ -136,10 +136,12 @@ def run_sweep(arguments: list[str]):
     return study
 
 
-def run_on_slurm(sweep: DictConfig, training: list[str], parent_run_id: str | None,
-                 tracking_uri: str | None, deadline: float | None, study, n_trials: int) -> int:
-    """Submit the workers as a Slurm job array, unless the study has nothing left to run, and
-    follow the study until it is complete; return how many workers died before that."""
+def run_on_slurm(sweep: DictConfig, settings: dict, training: list[str],
+                 parent_run_id: str | None, tracking_uri: str | None, deadline: float | None,
+                 study, n_trials: int) -> int:
+    """Submit the workers as a Slurm job array with `settings` (slurm.job_settings), unless the
+    study has nothing left to run, and follow the study until it is complete; return how many
+    workers died before that."""
     from optuna.trial import TrialState
 
     from mlp_experiments.sweep import slurm
@@ -148,7 +150,8 @@ def run_on_slurm(sweep: DictConfig, training: list[str], parent_run_id: str | No
             not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         print("the study has its n_trials: no job to submit", flush=True)
         return 0
-    jobs = slurm.submit_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+    jobs = slurm.submit_workers(sweep, settings, training, parent_run_id, tracking_uri,
+                                deadline)
     return slurm.follow(study, jobs, n_trials)
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
-from mlp_experiments.sweep.study import FINISHED_OUTCOMES
+from mlp_experiments.sweep.study import ended_trials
 
 # The jobs' folders: <cwd>/slurm/<study>/<job id>/ hold submitit's files and the logs.
 JOBS_DIR = Path("slurm")
@@ -62,23 +62,19 @@ class SlurmWorker(submitit.helpers.Checkpointable):
         self.parent_run_id, self.tracking_uri, self.deadline = parent_run_id, tracking_uri, deadline
 
     def __call__(self, index: int) -> None:
-        import logging
+        from mlp_experiments.sweep.worker import run_worker
 
-        from mlp_experiments.config.schemas import register_configs
-        from mlp_experiments.sweep.spec import SweepConfig
-        from mlp_experiments.sweep.worker import work
-
-        register_configs()
-        logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
-        sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), self.sweep)
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
-        work(sweep, self.training, self.parent_run_id, self.tracking_uri, threads, self.deadline)
+        run_worker(self.sweep, self.training, self.parent_run_id, self.tracking_uri, threads,
+                   self.deadline, index)
 
 
-def submit_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None,
-                   tracking_uri: str | None, deadline: float | None) -> list:
-    """Submit the workers as one job array; print its ids and where their logs are."""
-    settings = job_settings(sweep)
+def submit_workers(sweep: DictConfig, settings: dict[str, Any], training: list[str],
+                   parent_run_id: str | None, tracking_uri: str | None,
+                   deadline: float | None) -> list:
+    """Submit the workers as one job array with `settings` (job_settings); print its ids and
+    where their logs are."""
+    settings = dict(settings)  # its submitit-only keys are taken out below
     folder = (JOBS_DIR / sweep.study_name).resolve()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # submitit's pickles: the user's only
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
@@ -121,8 +117,7 @@ def follow(study, jobs: list, n_trials: int) -> int:
     array, last, failures = array_id(jobs), None, 0
     try:
         while True:
-            ended = sum(t.user_attrs.get("outcome") in FINISHED_OUTCOMES
-                        for t in study.get_trials(deepcopy=False))
+            ended = len(ended_trials(study))
             try:
                 states = queue_states(array)
                 failures = 0

@@ -99,6 +99,12 @@ def more_to_run(study, n_trials: int) -> bool:
     return counted_trials(study) < n_trials
 
 
+def ended_trials(study) -> list:
+    """The trials that ended on their own (a heartbeat-failed one is queued again instead)."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+
+
 def counted_trials(study) -> int:
     """Trials that count toward n_trials: running or queued ones, and finished ones that ended
     on their own (a heartbeat-failed trial does not count: it is queued again)."""

@@ -181,7 +181,7 @@ def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | 
     context = multiprocessing.get_context("spawn")
     sweep_container = OmegaConf.to_container(sweep)
     workers = [
-        context.Process(target=_worker_main,
+        context.Process(target=run_worker,
                         args=(sweep_container, training, parent_run_id, tracking_uri, threads,
                               deadline, index))
         for index in range(sweep.n_workers)
@@ -204,9 +204,11 @@ def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | 
     return len(lost)
 
 
-def _worker_main(sweep_container: dict, training: list[str], parent_run_id: str | None,
-                 tracking_uri: str | None, threads: int, deadline: float | None,
-                 index: int) -> None:
+def run_worker(sweep_container: dict, training: list[str], parent_run_id: str | None,
+               tracking_uri: str | None, threads: int, deadline: float | None,
+               index: int) -> None:
+    """A worker in a process of its own (a spawned process, a Slurm array task): the sweep
+    arrives as plain data, its log lines say which worker wrote them."""
     register_configs()
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
     sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
