@@ -50,10 +50,13 @@ def check_local_store(uri: str) -> None:
 
 @functools.cache
 def git_commit() -> str:
-    """The commit this process runs (asked once: a sweep's trials share it)."""
+    """The commit of the code this process runs (asked once: a sweep's trials share it): the
+    package's checkout, not the working directory's. An image has no checkout; its build
+    records the commit in MLP_EXPERIMENTS_GIT_COMMIT."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("MLP_EXPERIMENTS_GIT_COMMIT", "unknown")

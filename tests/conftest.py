@@ -1,6 +1,13 @@
+import glob
 import gzip
+import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager, nullcontext
@@ -125,3 +132,58 @@ def default_sigint():
     ignored, and an ignored signal stays ignored across exec: give the command the Ctrl-C a
     terminal would give it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away PostgreSQL cluster on a loopback port (trust auth), with a database
+    `mlflow`; yields its SQLAlchemy URL without a database name."""
+    if not PG_BIN:
+        pytest.skip("apt-get install postgresql")
+    # Not under pytest's tmp folder: that one is private to root, and the server runs as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="mlp-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data, port, bin_dir = folder / "data", free_port(), Path(PG_BIN[-1])
+    subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "mlp",
+                                "--auth=trust"]), check=True, capture_output=True)
+    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
+                                str(folder / "log"), "-w", "start", "-o",
+                                f"-h 127.0.0.1 -p {port} -k {folder}"]),
+                   check=True, capture_output=True)
+    import psycopg
+
+    with psycopg.connect(f"postgresql://mlp@127.0.0.1:{port}/postgres", autocommit=True) as db:
+        db.execute("CREATE DATABASE mlflow")
+    yield f"postgresql+psycopg://mlp@127.0.0.1:{port}"
+    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                                "stop"]), capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    """`mlflow server` on loopback with the PostgreSQL backend, serving artifacts itself (so a
+    worker needs no shared folder for them); yields its URL."""
+    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
+         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while not answers(f"{uri}/health"):
+        assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+        time.sleep(1)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)

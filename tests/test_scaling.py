@@ -1,76 +1,18 @@
 """The shared topology without Docker: a real PostgreSQL (a throw-away cluster on loopback), an
 MLflow tracking server on it, and several sweep worker processes on one study."""
 
-import glob
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
-from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from mlp_experiments.config.compose import CONF_DIR
-
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-pytestmark = pytest.mark.skipif(not PG_BIN, reason="apt-get install postgresql")
-
-
-def as_postgres(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    # Not under pytest's tmp folder: that one is private to root, and the server runs as postgres.
-    folder = Path(tempfile.mkdtemp(prefix="mlp-postgres-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    data, port, bin_dir = folder / "data", free_port(), Path(PG_BIN[-1])
-    subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "mlp",
-                                "--auth=trust"]), check=True, capture_output=True)
-    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
-                                str(folder / "log"), "-w", "start", "-o",
-                                f"-h 127.0.0.1 -p {port} -k {folder}"]),
-                   check=True, capture_output=True)
-    import psycopg
-
-    with psycopg.connect(f"postgresql://mlp@127.0.0.1:{port}/postgres", autocommit=True) as db:
-        db.execute("CREATE DATABASE mlflow")
-    yield f"postgresql+psycopg://mlp@127.0.0.1:{port}"
-    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                                "stop"]), capture_output=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory):
-    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
-         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def start_workers(count: int, sweep_path: Path, postgres: str, mlflow_uri: str, name: str,
@@ -92,7 +34,7 @@ def wait_all(workers: list[subprocess.Popen], folder: Path) -> None:
     assert codes == [0] * len(workers), logs
 
 
-def sweep_yaml(folder: Path, name: str, extra: str = "") -> Path:
+def sweep_yaml(folder: Path, name: str, extra: str = "", n_trials: int = 6) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(f"""
 study_name: {name}
@@ -101,48 +43,15 @@ space:
   optimizer.lr: tag(log, interval(0.01, 0.5))
 sampler: random
 pruner: none
-n_trials: 6
+n_trials: {n_trials}
 """)
     return path
 
 
-def check_study(postgres: str, mlflow_uri: str, name: str) -> list:
-    study = optuna.load_study(study_name=name, storage=f"{postgres}/postgres")
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 6
-    assert len({t.user_attrs["config_hash"] for t in complete}) == 6  # none ran twice
-    client = MlflowClient(mlflow_uri)
-    experiment = client.get_experiment_by_name(name)
-    (parent,) = client.search_runs([experiment.experiment_id],
-                                   f"tags.`optuna.study_name` = '{name}'")
-    children = client.search_runs([experiment.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    assert sorted(c.info.run_name for c in finished) == sorted(
-        f"{name}-{t.number}" for t in complete)
-    return study.trials
-
-
-def test_three_workers_on_postgresql_finish_exactly_n_trials(postgres, mlflow_server, tmp_path):
-    workers = start_workers(3, sweep_yaml(tmp_path, "scaling"), postgres, mlflow_server,
-                            "scaling", tmp_path)
-    wait_all(workers, tmp_path)
-    trials = check_study(postgres, mlflow_server, "scaling")
-    assert len(trials) == 6  # nothing lost, nothing duplicated
-    assert len({t.user_attrs["worker"] for t in trials}) > 1  # the workers shared the study
-    # each command wrote the best preset where it ran, not into the package
-    assert (tmp_path / "outputs" / "presets" / "experiment" / "best" / "scaling.yaml").is_file()
-    assert not list(CONF_DIR.rglob("*scaling*"))
-
-
-def test_a_worker_killed_mid_trial_loses_nothing(postgres, mlflow_server, tmp_path):
-    name = "scaling_fault"
-    workers = start_workers(3, sweep_yaml(tmp_path, name, ", data.train_size=20000,"
-                                          " trainer.epochs=6"),
-                            postgres, mlflow_server, name, tmp_path)
-    storage, deadline = f"{postgres}/postgres", time.monotonic() + 300
-    victim = None
-    while victim is None and time.monotonic() < deadline:
+def running_trial(storage: str, name: str):
+    """A trial RUNNING with an epoch reported, once there is one."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
         time.sleep(1)
         try:
             trials = optuna.load_study(study_name=name, storage=storage).trials
@@ -150,11 +59,53 @@ def test_a_worker_killed_mid_trial_loses_nothing(postgres, mlflow_server, tmp_pa
             continue
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
         if running:
-            victim = running[0]
+            return running[0]
+    raise AssertionError("no trial ran an epoch")
+
+
+def check_study(postgres: str, mlflow_uri: str, name: str, n_trials: int = 6) -> list:
+    """The study has exactly n_trials complete, each with its FINISHED child run, and no child
+    run is left RUNNING."""
+    study = optuna.load_study(study_name=name, storage=f"{postgres}/postgres")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == n_trials
+    assert len({t.user_attrs["config_hash"] for t in complete}) == n_trials  # none ran twice
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name(name)
+    (parent,) = client.search_runs([experiment.experiment_id],
+                                   f"tags.`optuna.study_name` = '{name}'")
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.info.run_name for c in finished) == sorted(
+        f"{name}-{t.number}" for t in complete)
+    return study.trials
+
+
+def test_three_workers_on_postgresql_finish_exactly_n_trials(postgres, tracking_server,
+                                                             tmp_path):
+    workers = start_workers(3, sweep_yaml(tmp_path, "scaling"), postgres, tracking_server,
+                            "scaling", tmp_path)
+    wait_all(workers, tmp_path)
+    trials = check_study(postgres, tracking_server, "scaling")
+    assert len(trials) == 6  # nothing lost, nothing duplicated
+    assert len({t.user_attrs["worker"] for t in trials}) > 1  # the workers shared the study
+    # each command wrote the best preset where it ran, not into the package
+    assert (tmp_path / "outputs" / "presets" / "experiment" / "best" / "scaling.yaml").is_file()
+    assert not list(CONF_DIR.rglob("*scaling*"))
+
+
+def test_a_worker_killed_mid_trial_loses_nothing(postgres, tracking_server, tmp_path):
+    name = "scaling_fault"
+    workers = start_workers(3, sweep_yaml(tmp_path, name, ", data.train_size=20000,"
+                                          " trainer.epochs=6"),
+                            postgres, tracking_server, name, tmp_path)
+    victim = running_trial(f"{postgres}/postgres", name)
     pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
     wait_all([w for w in workers if w.pid != pid], tmp_path)
-    trials = check_study(postgres, mlflow_server, name)
+    trials = check_study(postgres, tracking_server, name)
     killed = next(t for t in trials if t.number == victim.number)
     assert killed.state == TrialState.FAIL and "outcome" not in killed.user_attrs
     retry = [t for t in trials if t.state == TrialState.COMPLETE
