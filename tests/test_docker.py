@@ -1,5 +1,6 @@
-"""The Docker files, checked without a Docker engine (CI has none): the compose file validates,
-the Dockerfile lints, and what the image runs works from the same locked, non-dev install."""
+"""The Docker files, checked without running a container (test_container.py builds and runs the
+image with podman): the compose file validates, the Dockerfile lints, and what the image runs
+works from the same locked, non-dev install."""
 
 import contextlib
 import json
