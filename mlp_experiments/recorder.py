@@ -19,19 +19,17 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import contextmanager
 
 import mlflow
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import locks
 from mlp_experiments.config.identity import flatten
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
-from mlp_experiments.stores import check_server, git_commit, sqlite_path
+from mlp_experiments.stores import check_server, git_commit, sqlite_lock
 
 # What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
@@ -64,9 +62,8 @@ def open_store(uri: str, experiment: str) -> str:
 def _experiment_id(uri: str, experiment: str) -> str:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    database = sqlite_path(uri)
     try:
-        with locks.file_lock(Path(f"{database}.lock")) if database else nullcontext():
+        with sqlite_lock(uri):
             opened = mlflow.set_experiment(experiment)
             mark_as_model_training(opened)
             return opened.experiment_id

@@ -8,15 +8,25 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from mlp_experiments.errors import UserError
+from mlp_experiments.locks import file_lock
 from mlp_experiments.redact import redact
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The file of a `sqlite:///` URL (an MLflow store or an Optuna storage), else None."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def sqlite_lock(uri: str) -> AbstractContextManager:
+    """The file lock beside a SQLite file under which processes take turns: creating its
+    tables (two creations at once fail one of them), counting a study's trials. Any other URL
+    needs none. Yields the function that releases it early."""
+    database = sqlite_path(uri)
+    return file_lock(Path(f"{database}.lock")) if database else nullcontext(lambda: None)
 
 
 def check_server(uri: str) -> None:

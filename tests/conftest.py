@@ -10,15 +10,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlp_experiments.config.compose import compose_config
-from mlp_experiments.locks import file_lock
-from mlp_experiments.stores import sqlite_path
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -60,17 +57,6 @@ def open_tracking_store(folder: Path) -> str:
         patch.chdir(folder)
         MlflowClient(uri).search_experiments()
     return uri
-
-
-@contextmanager
-def store_lock(url: str):
-    """The lock our processes hold while they create a SQLite store's tables (MLflow's or
-    Optuna's). A test polling a store that a child process may still be creating takes it too:
-    opening the store creates the tables, and two creations at once make one of them fail.
-    A tracking server has created its tables before it answers: nothing to lock then."""
-    database = sqlite_path(url)
-    with file_lock(Path(f"{database}.lock")) if database else nullcontext():
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,6 @@ from test_scaling import check_study, running_trial, sweep_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/mlp-experiments:test"
-# This sandbox's hard limits are below podman's default ulimits.
-LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 IMAGE_USER = 1000
 
 pytestmark = [
@@ -52,21 +50,20 @@ def work_folder(path: Path) -> Path:
     return path
 
 
-def container(image: str, work: Path, *arguments: str, name: str | None = None) -> list[str]:
-    """`podman run` of the image with `work` mounted at its own path, a read-only root file
-    system (so the container can write nowhere else) and one thread per worker."""
+def container(image: str, *arguments: str, name: str | None = None) -> list[str]:
+    """docker/run.sh of the image (the working folder mounted at its own path, a read-only root
+    file system, so the container can write nowhere else), one thread per worker."""
     named = ["--name", name, "--hostname", name] if name else []
-    return ["podman", "run", "--rm", "--network", "host", *LIMITS, "--read-only", *named,
-            "-e", "OMP_NUM_THREADS=1", "-v", f"{work}:{work}", "--workdir", str(work),
-            image, *arguments]
+    return [str(ROOT / "docker" / "run.sh"), *named, "-e", "OMP_NUM_THREADS=1", image,
+            *arguments]
 
 
 def test_training_in_a_container_records_a_complete_run_the_host_reads_back(image, tmp_path):
     work = work_folder(tmp_path / "work")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    result = subprocess.run(container(image, work, "mlp_experiments.train", "data=synthetic",
+    result = subprocess.run(container(image, "mlp_experiments.train", "data=synthetic",
                                       "trainer.epochs=2", f"tracking.uri={uri}"),
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     client = MlflowClient(uri)
@@ -89,7 +86,7 @@ def worker_container(image: str, work: Path, name: str, index: int, postgres: st
                  "data=synthetic", "trainer.device=cpu", "tracking.log_model=false",
                  f"tracking.uri={tracking_server}", f"tracking.experiment={name}",
                  f"trainer.checkpoint_dir={work / 'checkpoints'}"]
-    return subprocess.Popen(container(image, work, *arguments, name=f"{name}-{index}"),
+    return subprocess.Popen(container(image, *arguments, name=f"{name}-{index}"), cwd=work,
                             stdout=subprocess.DEVNULL,
                             stderr=open(work.parent / f"worker{index}.log", "w"))
 

@@ -4,8 +4,12 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -207,8 +211,9 @@ def test_debian_fashion_mnist_is_found_and_verified(tmp_path):
 
 @pytest.fixture
 def server(tmp_path):
-    """A web server on the loopback serving `root`, recording each request's path and headers."""
-    root, seen = tmp_path / "served", []
+    """A web server on the loopback serving `root`, recording each request's path and headers.
+    A file named in `stalled` is sent half, then the connection hangs until `resume` is set."""
+    root, seen, stalled, resume = tmp_path / "served", [], set(), threading.Event()
     root.mkdir()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -217,6 +222,15 @@ def server(tmp_path):
 
         def do_GET(self):
             seen.append((self.path, self.headers.get("Authorization")))
+            if self.path.lstrip("/") in stalled:
+                content = (root / self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content[: len(content) // 2])
+                self.wfile.flush()
+                resume.wait(timeout=300)
+                return
             super().do_GET()
 
         def log_message(self, *args):
@@ -224,7 +238,9 @@ def server(tmp_path):
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield SimpleNamespace(root=root, address=f"127.0.0.1:{httpd.server_port}", seen=seen)
+    yield SimpleNamespace(root=root, address=f"127.0.0.1:{httpd.server_port}", seen=seen,
+                          stalled=stalled, resume=resume)
+    resume.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -268,6 +284,49 @@ def test_a_fetched_release_lands_in_the_cache_where_training_finds_it(tmp_path, 
     served = len(server.seen)
     assert fetch.fetch("mnist", cache) == cache / "MNIST"  # there and verified: no download
     assert len(server.seen) == served
+
+
+@pytest.mark.faults
+def test_a_fetch_killed_mid_download_leaves_nothing_where_training_looks(tmp_path, monkeypatch,
+                                                                        server, cache):
+    """SIGKILL while a file is half downloaded: no release folder appears in the cache (the
+    files wait in a temporary folder beside it), the lock dies with the process, and the next
+    fetch removes what the killed one left and installs the verified release."""
+    md5 = tiny_published_mnist(server.root, monkeypatch)
+    mirror(monkeypatch, torchvision.datasets.MNIST, f"http://{server.address}", server.root)
+    server.stalled.add("train-images-idx3-ubyte.gz")
+    # A fetch in a process of its own, told the same tiny release and mirror.
+    settings = {"md5": md5, "mirror": f"http://{server.address}/",
+                "resources": torchvision.datasets.MNIST.resources, "cache": str(cache)}
+    driver = tmp_path / "fetch_tiny.py"
+    driver.write_text(
+        "import dataclasses, json, sys\n"
+        "from pathlib import Path\n"
+        "import torchvision\n"
+        "from mlp_experiments import data, fetch\n"
+        "settings = json.loads(sys.argv[1])\n"
+        "data.SOURCES['mnist'] = dataclasses.replace(data.SOURCES['mnist'], md5=settings['md5'])\n"
+        "torchvision.datasets.MNIST.mirrors = [settings['mirror']]\n"
+        "torchvision.datasets.MNIST.resources = [tuple(r) for r in settings['resources']]\n"
+        "fetch.fetch('mnist', Path(settings['cache']))\n")
+    process = subprocess.Popen([sys.executable, str(driver), json.dumps(settings)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(path == "/train-images-idx3-ubyte.gz" for path, _ in server.seen):
+        assert time.monotonic() < deadline and process.poll() is None, "the fetch never started"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the first half arrives
+    process.kill()
+    process.wait()
+    assert not (cache / "MNIST").exists()  # where training looks: nothing
+    assert (cache / ".MNIST-fetching").is_dir()  # what the killed fetch was writing
+
+    server.stalled.clear()
+    server.resume.set()
+    assert fetch.fetch("mnist", cache) == cache / "MNIST"
+    assert sorted(path.name for path in cache.iterdir()) == [".MNIST.lock", "MNIST"]
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path / 'root'}", "data.val_size=20"]).data
+    assert data.load_dataset(cfg).source == str(cache / "MNIST")  # verified: data.verify=true
 
 
 def test_a_corrupted_download_is_refused_and_nothing_is_left_in_the_cache(monkeypatch, server,

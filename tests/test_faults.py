@@ -12,9 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port, store_lock
+from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+
+from mlp_experiments.stores import sqlite_lock
 
 # An epoch that lasts long enough (a few tenths of a second) to be hit in the middle.
 SLOW = ["data=synthetic", "data.train_size=10000", "model.hidden_sizes=[256,256]",
@@ -40,7 +42,7 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]
 
 def runs(uri: str, experiment: str = "mlp-experiments") -> list:
     client = MlflowClient(uri)
-    with store_lock(uri):
+    with sqlite_lock(uri):
         found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
 
@@ -244,7 +246,7 @@ def running_trial(tmp_path: Path, name: str, epochs: int):
     def ready():
         try:
             storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-            with store_lock(storage):
+            with sqlite_lock(storage):
                 study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             return None

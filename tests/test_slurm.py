@@ -18,11 +18,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port, store_lock
+from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_faults import child_runs, runs, steps, wait_for
 
+from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep.study import FINISHED_OUTCOMES
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
@@ -187,7 +188,7 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> str:
 
 def load(folder: Path, name: str):
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    with store_lock(storage):
+    with sqlite_lock(storage):
         return optuna.load_study(study_name=name, storage=storage)
 
 

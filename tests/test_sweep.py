@@ -4,7 +4,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import store_lock
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -12,6 +11,7 @@ from optuna.trial import TrialState
 from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.errors import UserError
+from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep import slurm, spec, worker
 from mlp_experiments.sweep import study as studies
 from mlp_experiments.sweep.command import BEST_TRIALS_PLOTTED, run_sweep
@@ -362,7 +362,7 @@ pruner: none
     while time.monotonic() < deadline:  # wait for the trial's first reported epoch
         time.sleep(1)
         try:
-            with store_lock(storage):
+            with sqlite_lock(storage):
                 (trial,) = optuna.load_study(study_name="tiny_killed", storage=storage).trials
         except (KeyError, ValueError):
             continue

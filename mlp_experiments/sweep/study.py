@@ -6,13 +6,12 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from mlp_experiments.locks import file_lock, once
-from mlp_experiments.stores import sqlite_path
+from mlp_experiments.locks import once
+from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep.spec import make_pruner, make_sampler, storage_url
 
 FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverged", "error")
@@ -126,11 +125,9 @@ def budget_lock(url: str, name: str):
     if url.startswith("postgresql"):
         with _advisory_lock(url, name) as release:
             yield release
-    elif (database := sqlite_path(url)) is not None:
-        with file_lock(Path(f"{database}.lock")) as release:
-            yield release
     else:
-        yield lambda: None
+        with sqlite_lock(url) as release:
+            yield release
 
 
 @contextmanager
