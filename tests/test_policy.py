@@ -206,10 +206,10 @@ PRESETS = {  # name: (a file of the config folder, what it holds, what the test 
     "launcher_setup": ("experiment/evil.yaml",
                        "defaults: [{override /hydra/launcher: slurm}]\n"
                        "hydra: {launcher: {setup: [touch /tmp/x]}}",
-                       "hydra.launcher.setup must stay empty"),
+                       "hydra.launcher.setup: submitit runs these shell commands"),
     "handler": ("experiment/evil.yaml",
                 "hydra: {job_logging: {handlers: {x: {class: logging.os.system}}}}",
-                "hydra.job_logging.handlers.x.class='logging.os.system': handlers and"),
+                "hydra.job_logging.handlers.x.class='logging.os.system' is not allowed"),
     "factory": ("hydra/hydra_logging/evil.yaml", "filters: {x: {'()': os.getpid}}",
                 "hydra.hydra_logging.filters.x.(): a '()' factory is code"),
     "stream": ("experiment/evil.yaml",

@@ -131,6 +131,115 @@ def test_a_logging_factory_from_a_config_folder_is_not_run(tmp_path):
     assert_refused(result, "hydra.job_logging.formatters.evil.()", "factory", marker=marker)
 
 
+def site_payload(folder: Path, marker: Path) -> str:
+    """A .pth file that `site.addsitedir(folder)` runs, and the quoted handler that calls it:
+    oc.decode turns the string into a `()` factory after the unresolved config was checked."""
+    (folder / "zz.pth").write_text(f"import os; os.mkdir({str(marker)!r})\n")
+    return f"'${{oc.decode:''{{\\(\\): site.addsitedir, sitedir: {folder}}}''}}'"
+
+
+def test_a_decoded_logging_factory_from_a_config_folder_is_not_run(tmp_path):
+    marker, folder = tmp_path / "marker", tmp_path / "extra_conf"
+    write_yaml(folder / "hydra" / "job_logging" / "evil.yaml", f"""\
+        version: 1
+        handlers:
+          h: {site_payload(tmp_path, marker)}
+        root: {{handlers: [h]}}
+        """)
+    result = command("train", "-cd", str(folder), "hydra/job_logging=evil", *QUICK, cwd=tmp_path)
+    assert_refused(result, "hydra.job_logging", "${oc.decode:...} is refused", marker=marker)
+    site = subprocess.run([sys.executable, "-c", f"import site; site.addsitedir('{tmp_path}')"])
+    assert site.returncode == 0 and marker.is_dir()  # the payload is real
+    shutil.rmtree(marker)
+    result = command("train", "-m", "-cd", str(folder), "hydra/job_logging=evil", *QUICK,
+                     cwd=tmp_path)
+    assert_refused(result, "${oc.decode:...} is refused", marker=marker)
+
+
+def test_a_decoded_hydra_logging_factory_in_a_primary_config_is_not_run(tmp_path):
+    marker, folder = tmp_path / "marker", tmp_path / "primary"
+    write_yaml(folder / "evil.yaml", f"""\
+        hydra:
+          hydra_logging:
+            version: 1
+            handlers:
+              h: {site_payload(tmp_path, marker)}
+            root: {{handlers: [h]}}
+        """)
+    result = command("train", "-cp", str(folder), "-cn", "evil", cwd=tmp_path)
+    assert_refused(result, "hydra.hydra_logging", "${oc.decode:...} is refused", marker=marker)
+
+
+@pytest.mark.parametrize("factory", [
+    "{\\(\\): os.makedirs, name: MARKER}",
+    "{\\(\\): builtins.open, file: MARKER, mode: w}",
+    "{\\(\\): shutil.copyfile, src: SOURCE, dst: MARKER}",
+])
+def test_decoded_factories_of_the_standard_library_are_not_run(tmp_path, factory):
+    marker, source = tmp_path / "marker", tmp_path / "source"
+    source.write_text("x")
+    factory = factory.replace("MARKER", str(marker)).replace("SOURCE", str(source))
+    folder = write_yaml(tmp_path / "conf" / "hydra" / "job_logging" / "evil.yaml", f"""\
+        version: 1
+        formatters:
+          f: '${{oc.decode:''{factory}''}}'
+        root: {{handlers: []}}
+        """).parents[2]
+    result = command("train", "-cd", str(folder), "hydra/job_logging=evil", *QUICK, cwd=tmp_path)
+    assert_refused(result, "${oc.decode:...} is refused", marker=marker)
+
+
+def test_a_logging_factory_reached_through_a_node_interpolation_is_not_run(tmp_path):
+    """No resolver at all: the handler is a plain interpolation of a mapping that holds a
+    factory elsewhere in the Hydra node. Only the resolved config shows it."""
+    marker = tmp_path / "marker"
+    folder = write_yaml(tmp_path / "conf" / "experiment" / "evil.yaml", f"""\
+        # @package _global_
+        defaults:
+          - override /hydra/launcher: slurm
+        hydra:
+          launcher:
+            additional_parameters:
+              x: {{"()": os.makedirs, name: {marker}}}
+          job_logging:
+            version: 1
+            handlers:
+              h: ${{hydra.launcher.additional_parameters.x}}
+            root: {{handlers: [h]}}
+        """).parents[1]
+    result = command("train", "-cd", str(folder), "experiment=evil", *QUICK, cwd=tmp_path)
+    assert_refused(result, "hydra.job_logging.handlers.h.()", "factory", marker=marker)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("handlers: {h: {class: logging.handlers.SocketHandler, host: localhost, port: 9}}",
+     "handlers.h: host, port is not allowed here"),
+    ("handlers: {h: {class: logging.handlers.HTTPHandler}}",
+     "handlers.h.class='logging.handlers.HTTPHandler' is not allowed"),
+    ("handlers: {h: {class: logging.StreamHandler, stream: 'ext://os.system'}}",
+     "handlers.h.stream='ext://os.system': only ext://sys.stdout or ext://sys.stderr"),
+    ("handlers: {h: {class: logging.StreamHandler, stream: 'cfg://x'}}", "'cfg://x': only"),
+    ("filters: {f: {'()': os.makedirs}}", "filters.f.(): a '()' factory is code"),
+    ("handlers: {h: {class: logging.StreamHandler, '.': {x: 1}}}", "handlers.h: . is not allowed"),
+])
+def test_logging_configs_build_only_the_allowed_classes(entry, message):
+    from mlp_experiments.config.policy import check_logging
+    from mlp_experiments.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        check_logging("hydra.job_logging", OmegaConf.to_container(OmegaConf.create(
+            f"{{version: 1, {entry}}}")))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(("job_logging", "hydra_logging"), [
+    ("default", "default"), ("stdout", "hydra_debug"), ("disabled", "disabled"), ("none", "none")])
+def test_hydras_own_logging_configs_pass(tmp_path, job_logging, hydra_logging):
+    result = command("train", f"hydra/job_logging={job_logging}",
+                     f"hydra/hydra_logging={hydra_logging}", *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_preset_of_a_config_folder_passes_the_same_checks(tmp_path):
     marker = tmp_path / "marker"
     folder = tmp_path / "extra_conf"
@@ -141,6 +250,48 @@ def test_a_preset_of_a_config_folder_passes_the_same_checks(tmp_path):
         """)
     result = command("train", f"--config-dir={folder}", *QUICK, "experiment=evil", cwd=tmp_path)
     assert_refused(result, "model.dropout._target_", marker=marker)
+
+
+# ---------------------------------------------------------------------------- Slurm settings
+
+
+def stand_in_sbatch(tmp_path: Path) -> dict:
+    """A PATH whose `sbatch` runs its script as a shell does, as a scheduler shim might: a
+    setting that reaches the script as a line of its own would run there."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text('#!/bin/sh\nfor a; do script="$a"; done\nbash "$script" >/dev/null 2>&1\n'
+                      'echo "Submitted batch job 1"\n')
+    sbatch.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("key", ["comment", "partition", "qos", "account"])
+def test_a_launcher_setting_with_a_newline_never_reaches_the_batch_script(tmp_path, key):
+    marker = tmp_path / "marker"
+    result = command("train", "-m", "hydra/launcher=slurm",
+                     f"hydra.launcher.{key}='x\ntouch {marker} #'", *QUICK, cwd=tmp_path,
+                     env=stand_in_sbatch(tmp_path))
+    assert_refused(result, f"hydra.launcher.{key}=", "control character", marker=marker)
+
+
+def test_a_sweep_files_slurm_setting_with_a_newline_never_reaches_the_batch_script(tmp_path):
+    marker = tmp_path / "marker"
+    text = EVIL_SWEEP.format(section=OmegaConf.to_yaml(
+        {"launcher": "slurm", "slurm": {"comment": f"x\ntouch {marker} #"}}))
+    sweep_file = write_yaml(tmp_path / "evil.yaml", text)
+    result = command("sweep", f"sweep={sweep_file}", *QUICK, cwd=tmp_path,
+                     env=stand_in_sbatch(tmp_path))
+    assert_refused(result, "sweep.slurm.comment=", "control character", marker=marker)
+
+
+def test_the_stand_in_sbatch_runs_what_reaches_its_script(tmp_path):
+    marker, script = tmp_path / "marker", tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --comment='x\ntouch {marker} #'\n")
+    env = {**os.environ, **stand_in_sbatch(tmp_path)}
+    subprocess.run(["sbatch", str(script)], env=env, check=True, capture_output=True)
+    assert marker.exists()
 
 
 # ---------------------------------------------------------------------------- sweeps

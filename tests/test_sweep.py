@@ -105,7 +105,7 @@ def test_the_launcher_is_checked_when_the_sweep_loads(overrides, message):
 @pytest.mark.parametrize(("setting", "message"), [
     ("{mem_gbb: 4}", "sweep.slurm: Key 'mem_gbb' not in 'SlurmQueueConf'.*keys: .*mem_gb"),
     ("{mem_gb: lots}", "sweep.slurm: Value 'lots' of type 'str' could not be converted"),
-    ("{setup: [touch /tmp/x]}", "shell commands are code, not data"),
+    ("{setup: [touch /tmp/x]}", "submitit runs these shell commands"),
 ])
 def test_a_slurm_setting_sbatch_could_not_take_is_named(setting, message):
     sweep = spec.load_sweep("search_mlp", ["launcher=slurm", f"slurm={setting}"])

@@ -100,8 +100,8 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
         except (HydraException, OmegaConfBaseException):
             base = None
         raise UserError(explain_unknown_key(with_causes(error), base)) from None
+    policy.check_hydra_config(cfg)
     hydra = cfg.hydra
-    policy.check_hydra_config(hydra)
     with open_dict(cfg):
         del cfg["hydra"]
     try:

@@ -21,8 +21,8 @@ import functools
 import importlib
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from mlp_experiments.config.schemas import (
     ANY_TARGET_SCHEMAS,
@@ -69,11 +69,33 @@ LAUNCHERS = frozenset({
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
 })
 SWEEPERS = frozenset({"hydra._internal.core_plugins.basic_sweeper.BasicSweeper"})
-LOGGING_MODULES = ("logging", "logging.handlers")
+# Logging configs are handed to logging.config.dictConfig, which imports and calls what they
+# name: each section may hold only these keys, and build only these classes of the standard library.
+LOGGING_KEYS = {
+    "": {"version", "formatters", "filters", "handlers", "loggers", "root", "incremental",
+         "disable_existing_loggers"},
+    "formatters": {"class", "format", "datefmt", "style", "validate", "defaults"},
+    "filters": {"name"},
+    "handlers": {"class", "level", "formatter", "filters", "stream", "filename", "mode",
+                 "encoding", "delay", "errors", "maxBytes", "backupCount"},
+    "loggers": {"level", "propagate", "filters", "handlers"},
+    "root": {"level", "filters", "handlers"},
+}
+LOGGING_CLASSES = {
+    "formatters": frozenset({"logging.Formatter"}),
+    "handlers": frozenset({"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler",
+                           "logging.handlers.RotatingFileHandler",
+                           "logging.handlers.WatchedFileHandler"}),
+}
 LOGGING_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+# Resolvers that turn a string into config nodes: a quoted `{(): module.function}` would become
+# a logging factory or a `_target_` after every check of the unresolved config had passed.
+STRUCTURE_RESOLVERS = ("oc.decode", "oc.create")
 
 _LOGGING_WHY = ("Hydra hands it to logging.config.dictConfig, whose '()' factories and handler "
                 "classes are code: choose a predefined one, e.g. hydra/job_logging=disabled")
+_LAUNCHER_WHY = ("submitit writes launcher settings into the sbatch script, where a newline or "
+                 "another control character starts a shell command of its own")
 # A command-line override of one of these Hydra keys, of a key under it or of a parent (which
 # could set it as a dict) is refused, with the reason.
 GUARDED_HYDRA_KEYS = {
@@ -269,22 +291,71 @@ def _refusal(key: str) -> str | None:
     return None
 
 
-def check_hydra_config(hydra: DictConfig) -> None:
-    """The composed Hydra node (command line, presets and any --config-dir folder together):
-    no callbacks, no environment, a known launcher and sweeper, logging configs without code."""
-    tree = OmegaConf.to_container(hydra, resolve=False)
+def check_hydra_config(cfg: DictConfig) -> None:
+    """The Hydra node of a config composed with it (command line, presets and any --config-dir
+    folder together), resolved as Hydra resolves it when it runs the job: no callbacks, no
+    environment, a known launcher and sweeper with plain settings, logging configs of allowed
+    classes only."""
+    tree = resolved_hydra_node(cfg)
     for key, value in (("callbacks", tree["callbacks"]), ("job.env_set", tree["job"]["env_set"]),
-                       ("job.env_copy", tree["job"]["env_copy"]),
-                       ("launcher.setup", tree["launcher"].get("setup"))):
+                       ("job.env_copy", tree["job"]["env_copy"])):
         if value:
             raise UserError(f"hydra.{key} must stay empty: {GUARDED_HYDRA_KEYS[f'hydra.{key}']}.")
     _check_plugin("hydra.launcher", tree["launcher"], LAUNCHERS)
+    check_launcher_settings("hydra.launcher", tree["launcher"])
     _check_plugin("hydra.sweeper", tree["sweeper"], SWEEPERS)
     for key in ("job_logging", "hydra_logging"):
-        _check_logging(f"hydra.{key}", tree[key])
+        check_logging(f"hydra.{key}", tree[key])
     for entry in tree["searchpath"]:
         if not str(entry).startswith("file://"):
             raise UserError(f"hydra.searchpath: {entry}: {GUARDED_HYDRA_KEYS['hydra.searchpath']}.")
+
+
+def resolved_hydra_node(cfg: DictConfig) -> dict:
+    """The parts of the Hydra node that Hydra builds or runs something from, every
+    interpolation resolved as in the job (its output folder is the one thing not known yet)."""
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = copy.deepcopy(cfg)  # the whole config: interpolations are relative to its root
+    with open_dict(cfg):
+        if OmegaConf.is_missing(cfg.hydra.runtime, "output_dir"):
+            cfg.hydra.runtime.output_dir = "<the job's output folder>"
+    holder, saved = HydraConfig.instance(), HydraConfig.instance().cfg
+    holder.set_config(cfg)  # for ${hydra:...}
+    try:
+        return {key: _resolved(cfg.hydra, key) for key in (
+            "callbacks", "job", "launcher", "sweeper", "job_logging", "hydra_logging",
+            "searchpath")}
+    finally:
+        holder.cfg = saved
+
+
+def _resolved(hydra: DictConfig, key: str) -> Any:
+    node = hydra[key]
+    if key == "job":  # only its environment: its id and number are set per job later
+        node = OmegaConf.masked_copy(node, ["env_set", "env_copy"])
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException as error:
+        raise UserError(f"hydra.{key}: {str(error).splitlines()[0]}") from None
+
+
+def refuse_structure_resolvers() -> None:
+    """Make oc.decode and oc.create fail with our reason in this process, in every config it
+    resolves: a config is data, and these build config nodes out of strings after the checks."""
+    for name in STRUCTURE_RESOLVERS:
+        OmegaConf.register_new_resolver(name, _refusing(name), replace=True)
+
+
+def _refusing(name: str):
+    def refused(*_: Any) -> Any:  # an error of OmegaConf's own kind passes through unwrapped
+        raise InterpolationResolutionError(
+            f"${{{name}:...}} is refused: it builds config nodes out of a string, past the "
+            f"checks that keep a config data, not code. Write the value as YAML instead.")
+
+    return refused
 
 
 def _check_plugin(path: str, node: dict, allowed: frozenset[str]) -> None:
@@ -296,24 +367,59 @@ def _check_plugin(path: str, node: dict, allowed: frozenset[str]) -> None:
     check_keys({key: value for key, value in node.items() if key != "_target_"}, path)
 
 
-def _check_logging(path: str, tree: Any) -> None:
-    for where, key, value in _children(tree, path):
-        if key == "()":
-            raise UserError(f"{where}: a '()' factory is code, not data. {_LOGGING_WHY}.")
-        if key == "class" and not is_logging_class(value):
-            raise UserError(
-                f"{where}={value!r}: handlers and formatters may only be classes of the "
-                f"standard library's {' and '.join(LOGGING_MODULES)} modules."
-            )
-        if isinstance(value, str) and value.startswith("ext://") and \
+def check_launcher_settings(path: str, settings: Any) -> None:
+    """Resolved launcher settings hold no shell: no `setup` commands, and no string with a
+    newline or another control character (submitit quotes values but keeps their newlines)."""
+    if isinstance(settings, dict) and settings.get("setup"):
+        raise UserError(f"{path}.setup: {GUARDED_HYDRA_KEYS['hydra.launcher.setup']}.")
+    for where, _, value in _children(settings, path):
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UserError(f"{where}={value!r}: a control character is refused: "
+                            f"{_LAUNCHER_WHY}. Write the value on one line.")
+        check_launcher_settings(where, value)
+
+
+def check_logging(path: str, tree: Any) -> None:
+    """A logging config (dictConfig's schema) with the keys of LOGGING_KEYS and the classes of
+    LOGGING_CLASSES only; streams are stdout or stderr, and nothing refers elsewhere."""
+    if tree is None:
+        return
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: a logging config is a mapping (dictConfig's schema).")
+    _check_logging_keys(path, tree, "")
+    for section in ("formatters", "filters", "handlers", "loggers"):
+        entries = tree.get(section) or {}
+        if not isinstance(entries, dict):
+            raise UserError(f"{path}.{section}: a mapping of names to settings.")
+        for name, entry in entries.items():
+            _check_logging_keys(f"{path}.{section}.{name}", entry, section)
+    if tree.get("root") is not None:
+        _check_logging_keys(f"{path}.root", tree["root"], "root")
+    _check_logging_values(path, tree)
+
+
+def _check_logging_keys(path: str, entry: Any, section: str) -> None:
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: settings are a mapping.")
+    if "()" in entry:
+        raise UserError(f"{path}.(): a '()' factory is code, not data. {_LOGGING_WHY}.")
+    unknown = sorted(str(key) for key in entry if key not in LOGGING_KEYS[section])
+    if unknown:
+        raise UserError(f"{path}: {', '.join(unknown)} is not allowed here ({_LOGGING_WHY}); "
+                        f"allowed: {', '.join(sorted(LOGGING_KEYS[section]))}.")
+    if "class" in entry and entry["class"] not in LOGGING_CLASSES.get(section, ()):
+        raise UserError(f"{path}.class={entry['class']!r} is not allowed: "
+                        f"{section} may only be {', '.join(sorted(LOGGING_CLASSES[section]))}.")
+
+
+def _check_logging_values(path: str, tree: Any) -> None:
+    """dictConfig imports `ext://` names and follows `cfg://` references wherever they are."""
+    for where, _, value in _children(tree, path):
+        if isinstance(value, str) and value.startswith(("ext://", "cfg://")) and \
                 value not in LOGGING_STREAMS:
             raise UserError(f"{where}={value!r}: only {' or '.join(LOGGING_STREAMS)}.")
-        _check_logging(where, value)
+        _check_logging_values(where, value)
 
 
-def is_logging_class(name: Any) -> bool:
-    module, _, attribute = str(name).rpartition(".")
-    if module not in LOGGING_MODULES:
-        return False
-    value = getattr(importlib.import_module(module), attribute, None)
-    return isinstance(value, type) and value.__module__ == module
+# In force in every process that reads a config: each command checks its configs through here.
+refuse_structure_resolvers()

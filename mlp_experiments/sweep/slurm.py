@@ -22,6 +22,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.compose import compose_config
+from mlp_experiments.config.policy import check_launcher_settings
 from mlp_experiments.errors import UserError
 from mlp_experiments.sweep.study import ended_trials
 
@@ -45,10 +46,13 @@ def job_settings(sweep: DictConfig) -> dict[str, Any]:
     except OmegaConfBaseException as error:
         keys = ", ".join(k for k in launcher if k not in HYDRA_ONLY)
         raise UserError(f"sweep.slurm: {str(error).splitlines()[0]} (keys: {keys}).") from None
-    if settings.setup:
-        raise UserError("sweep.slurm.setup: shell commands are code, not data: set the jobs' "
-                        "environment up in the shell you submit from (sbatch passes it on).")
-    return {k: v for k, v in OmegaConf.to_container(settings).items() if k not in HYDRA_ONLY}
+    ours = OmegaConf.masked_copy(settings, [k for k in settings if k not in HYDRA_ONLY])
+    try:
+        resolved = OmegaConf.to_container(ours, resolve=True)
+    except OmegaConfBaseException as error:
+        raise UserError(f"sweep.slurm: {str(error).splitlines()[0]}") from None
+    check_launcher_settings("sweep.slurm", resolved)
+    return resolved
 
 
 class SlurmWorker(submitit.helpers.Checkpointable):
