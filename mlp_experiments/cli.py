@@ -148,6 +148,13 @@ def set_value(command: Command, cfg: DictConfig, override) -> None:
     if str in (kind, *typing.get_args(kind)) and isinstance(value, int | float):
         value = line.split("=", 1)[1]  # a text such as the run id 1234e5 stays as it is typed
     try:
+        parts = name.split(".")
+        for depth in range(1, len(parts)):  # an optional block left out (null) is made empty
+            parent = ".".join(parts[:depth])
+            if OmegaConf.select(cfg, parent) is None:
+                kind = field_type(command.schema, parent)
+                empty = OmegaConf.structured(kind) if dataclasses.is_dataclass(kind) else {}
+                OmegaConf.update(cfg, parent, empty, merge=False)
         OmegaConf.update(cfg, name, value, merge=True)
     except OmegaConfBaseException as error:
         raise UserError(f"{line}: {name} takes {type_name(kind)} "
@@ -156,8 +163,22 @@ def set_value(command: Command, cfg: DictConfig, override) -> None:
 
 def in_a_dict(keys: dict[str, Key], name: str) -> bool:
     """Is `name` an entry of a dict-typed key (sweep.slurm.mem_gb, of sweep.slurm)?"""
-    return any(name.startswith(f"{key}.") and typing.get_origin(keys[key].type) is dict
+    return any(name.startswith(f"{key}.") and typing.get_origin(optional(keys[key].type)) is dict
                for key in keys)
+
+
+def field_type(schema: type, dotted: str) -> Any:
+    """The type of a key of a schema of dataclasses, inside any `| None`."""
+    kind = schema
+    for part in dotted.split("."):
+        kind = optional(typing.get_type_hints(kind)[part])
+    return kind
+
+
+def optional(kind: Any) -> Any:
+    """The type inside `X | None` (a sweep file's optional `tune:` and `race:` blocks)."""
+    inner = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return inner[0] if type(None) in typing.get_args(kind) and len(inner) == 1 else kind
 
 
 def unknown_key(command: Command, name: str) -> UserError:
@@ -184,7 +205,8 @@ def keys_of(schema: type, prefix: str = "") -> dict[str, Key]:
     keys, hints = {}, typing.get_type_hints(schema)
     for item in dataclasses.fields(schema):
         kind = hints[item.name]
-        if dataclasses.is_dataclass(kind):
+        if dataclasses.is_dataclass(optional(kind)):
+            kind = optional(kind)
             keys.update(keys_of(kind, f"{prefix}{item.name}."))
             continue
         default = item.default

@@ -284,6 +284,22 @@ def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:
     return run.info.run_id
 
 
+def nested_run(cfg: DictConfig, study, name: str, parent_run_id: str) -> str:
+    """A run that groups others under a parent (a staged comparison's stage, a variant of a
+    stage): made by the first command that needs it, found again through the study."""
+    key = f"mlflow_run:{name}"
+    if key in study.user_attrs:
+        return study.user_attrs[key]
+    experiment_id = open_store(cfg.uri, cfg.experiment)
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=name.replace("/", "-"),
+                            tags={"mlflow.parentRunId": parent_run_id,
+                                  "sweep.stage": name})
+    client.set_terminated(run.info.run_id)
+    study.set_user_attr(key, run.info.run_id)
+    return run.info.run_id
+
+
 # ---------------------------------------------------------------------------- its own process
 
 

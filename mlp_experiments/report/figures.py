@@ -93,3 +93,20 @@ def curves_figure(variants: list[Variant], task: Task) -> Figure:
     axes[0].legend(title="variant")
     figure.tight_layout()
     return figure
+
+
+def tuning_figure(curves: dict[str, list[float]], metric: str) -> Figure:
+    """Each variant's best objective so far against its tuning trials: how fast tuning found
+    its value, and whether more trials would still have helped."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, (name, best_so_far) in enumerate(curves.items()):
+        axis.plot(np.arange(1, len(best_so_far) + 1), best_so_far, marker="o", markersize=3,
+                  color=f"C{index}", label=name)
+    axis.set_xlabel("tuning trial")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(f"best {metric} so far")
+    axis.set_title("Tuning: best value found per variant (equal budgets)")
+    axis.grid(alpha=0.3)
+    axis.legend(title="variant")
+    figure.tight_layout()
+    return figure

@@ -13,7 +13,13 @@ from omegaconf import DictConfig
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from mlp_experiments.report.figures import curves_figure, save, save_optuna_plot, score_figure
+from mlp_experiments.report.figures import (
+    curves_figure,
+    save,
+    save_optuna_plot,
+    score_figure,
+    tuning_figure,
+)
 from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm
 from mlp_experiments.report.trials import (
     Variant,
@@ -26,6 +32,7 @@ from mlp_experiments.report.trials import (
     trial_label,
     varying_params,
 )
+from mlp_experiments.sweep import stages
 from mlp_experiments.sweep.presets import best_preset_command, best_preset_path
 from mlp_experiments.task import Task, higher_is_better
 
@@ -97,7 +104,90 @@ def contrasts_with_the_best(variants: list[Variant], task: Task) -> list[Contras
     return [judged.pop(0) if c is not None else None for c in contrasts]
 
 
-def comparison_section(study, metric: str, folder: Path) -> list[str]:
+def fixed_verdicts(measured: list[Variant], task: Task) -> list[str]:
+    """Every variant against the best on a fixed set of seeds."""
+    contrasts = contrasts_with_the_best(measured, task)
+    lines = [f"- {comparison_sentence(measured[0], other, contrast, task)}"
+             for other, contrast in zip(measured[1:], contrasts, strict=True)]
+    return [*lines, "", f"(Each variant against the best on the per-seed final test scores: "
+            f"the paired t-test over the seeds both ran, since a seed fixes the data order and, "
+            f"for the same network, the initial weights; Welch's t-test where the seeds do "
+            f"not match. The {sum(c is not None for c in contrasts)} contrasts are one "
+            f"family: Holm's step-down correction keeps the chance of any false \"beats\" "
+            f"at 5%. Each difference's 95% interval is not adjusted.)"]
+
+
+def race_verdicts(state, settings, task: Task) -> list[str]:
+    """The race's verdict on each variant against the leader, as sentences."""
+    leader = state.leader
+    ended = (f"decided after {state.look} seeds" if state.look < settings.max_seeds
+             else f"ended at max_seeds = {settings.max_seeds}")
+    if not state.finished:
+        ended = f"still running: last look after {state.look} seeds"
+    lines = [f"The race ({ended}): `{leader}` leads."]
+    for name, verdict in state.verdicts.items():
+        if name != leader:
+            lines.append(f"- {race_sentence(leader, name, verdict, settings, task)}")
+    return [*lines, "", f"(Seeds were handed out in rounds to the variants still in "
+            f"contention, from {settings.min_seeds} to at most {settings.max_seeds} each. After "
+            f"each round every pair in contention was compared by a paired t-test over the "
+            f"seeds both ran, Holm-corrected over the pairs, at a level that spends "
+            f"alpha = {settings.alpha} over the looks (Pocock-type alpha spending), so the "
+            f"chance of any false \"beats\" stays at {settings.alpha:.0%}; a pair whose "
+            f"difference two one-sided tests place within ±{settings.margin} is practically "
+            f"the same. A beaten variant ran no more seeds. benchmarks/racing.py measures "
+            f"these rates on simulated comparisons.)"]
+
+
+def race_sentence(leader: str, name: str, verdict, settings, task: Task) -> str:
+    unit = "points of test accuracy" if not task.regression else "in test RMSE"
+    equivalence, contrast = verdict.equivalence, verdict.contrast
+    if equivalence is None:
+        return f"`{leader}` against `{name}`: fewer than 2 shared seeds, not judged."
+    size = (f"`{leader}` − `{name}` = {signed(equivalence.difference, task)} {unit} over "
+            f"{equivalence.seeds} shared seeds")
+    if verdict.status == "beaten":
+        return (f"`{leader}` beats `{name}` ({size}; paired t-test, Holm-adjusted "
+                f"{p_value(contrast.adjusted_p)} below the look's level {verdict.level:.3g}).")
+    if verdict.status == "same":
+        return (f"`{leader}` and `{name}` are practically the same ({size}, within "
+                f"±{signed(settings.margin, task).lstrip('+')}; two one-sided tests, "
+                f"{p_value(equivalence.p)}).")
+    more = (f" About {verdict.seeds_needed} shared seeds would decide it (power 0.8)."
+            if verdict.seeds_needed else "")
+    return f"`{leader}` against `{name}` is undecided ({size}).{more}"
+
+
+def tuning_section(sweep: DictConfig, metric: str, folder: Path, maximize: bool) -> list[str]:
+    """What tuning chose for each variant, on how many trials, and how much it mattered."""
+    curves, rows = {}, []
+    for variant, study in stages.tuning_studies(sweep).items():
+        completed = finished(study) if study else []
+        values = [t.value for t in best_first(completed, lambda t: t.value, maximize)]
+        if not values:
+            rows.append([f"`{variant}`", "0", "–", "–", "–", "–"])
+            continue
+        chosen = " ".join(stages.best_values(study, variant))
+        rows.append([f"`{variant}`", f"{len(study.trials)} ({status_counts(study.trials)})",
+                     f"`{chosen}`", number(values[0]), number(values[len(values) // 2]),
+                     number(values[-1])])
+        running = max if maximize else min
+        ordered = [t.value for t in sorted(completed, key=lambda t: t.number)]
+        curves[variant] = [running(ordered[: i + 1]) for i in range(len(ordered))]
+    lines = ["## Tuning", "", f"Each variant was tuned on the same budget of "
+             f"{sweep.tune.n_trials} trials ({sweep.tune.sampler}, {sweep.tune.pruner} pruner) "
+             f"over {', '.join(f'`{k}`' for k in sweep.tune.space)}, all on training seed "
+             f"{sweep.tune.seed}; the seeds that judge below were never used to choose. Best, "
+             f"median and worst completed trial say how sensitive a variant is to the tuned "
+             f"values.", ""]
+    lines += table(["variant", "trials", "chosen", f"best {metric}", "median", "worst"], rows)
+    if curves:
+        save(tuning_figure(curves, metric), folder / "tuning_curves.png")
+        lines += ["", "![Best value found per tuning trial](tuning_curves.png)"]
+    return [*lines, ""]
+
+
+def comparison_section(study, sweep: DictConfig, metric: str, folder: Path) -> list[str]:
     maximize = study.direction == StudyDirection.MAXIMIZE
     task = task_of(finished(study))
     variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
@@ -123,18 +213,14 @@ def comparison_section(study, metric: str, folder: Path) -> list[str]:
     if len(measured) < 2:
         lines.append("Fewer than two variants have a completed trial: nothing to compare.")
         return lines
-    contrasts = contrasts_with_the_best(measured, task)
-    lines += [f"- {comparison_sentence(measured[0], other, contrast, task)}"
-              for other, contrast in zip(measured[1:], contrasts, strict=True)]
+    if stages.is_staged(sweep):
+        lines += race_verdicts(stages.race_state(sweep, study), stages.race_settings(sweep),
+                               task)
+    else:
+        lines += fixed_verdicts(measured, task)
     save(score_figure(measured, task), folder / "test_score.png")
     save(curves_figure(measured, task), folder / "learning_curves.png")
-    lines += ["", f"(Each variant against the best on the per-seed final test scores: the "
-              f"paired t-test over the seeds both ran, since a seed fixes the data order and, "
-              f"for the same network, the initial weights; Welch's t-test where the seeds do "
-              f"not match. The {sum(c is not None for c in contrasts)} contrasts are one "
-              f"family: Holm's step-down correction keeps the chance of any false \"beats\" "
-              f"at 5%. Each difference's 95% interval is not adjusted.)", "",
-              "## Figures", "",
+    lines += ["", "## Figures", "",
               f"![Final test {task.score_label} per variant](test_score.png)", "",
               "![Mean learning curves per variant](learning_curves.png)"]
     return lines
@@ -239,7 +325,10 @@ def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False)
              f"A {kind} that {study.direction.name.lower()}s `{metric}` (each trial's best "
              f"epoch). {len(trials)} trials: {status_counts(trials) or 'none yet'}.", ""]
     if kind == "comparison":
-        lines += comparison_section(study, metric, folder)
+        if sweep.tune is not None:
+            maximize = study.direction == StudyDirection.MAXIMIZE
+            lines += tuning_section(sweep, metric, folder, maximize)
+        lines += comparison_section(study, sweep, metric, folder)
     else:
         lines += search_section(study, sweep, metric, folder, detailed)
     path = folder / "report.md"

@@ -11,9 +11,8 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_experiments.report.stats import Summary, summarise
+from mlp_experiments.sweep.spec import SEED_KEY
 from mlp_experiments.task import Task
-
-SEED_KEY = "trainer.seed"
 
 
 def task_of(trials: list[FrozenTrial]) -> Task:

@@ -21,11 +21,13 @@ from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path
+from mlp_experiments.sweep import stages
 from mlp_experiments.sweep.presets import publish_best_preset
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
     budget,
+    check_settings,
     check_space,
     describe_arguments,
     load_sweep,
@@ -40,7 +42,7 @@ from mlp_experiments.sweep.study import (
     more_to_run,
     open_study,
 )
-from mlp_experiments.sweep.worker import launch_workers, past
+from mlp_experiments.sweep.worker import ParentRun, launch_workers, past
 
 BEST_TRIALS_PLOTTED = 3
 
@@ -65,17 +67,21 @@ COMMAND = cli.Command(
 def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, training) -> None:
     done = counted_trials(study)
     on_slurm = sweep.launcher == "slurm"
-    lines = [
-        f"study {sweep.study_name} in {redact(storage_url(sweep))}",
-        f"  objective: {sweep.direction} {sweep.metric}",
-        f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
-        f"{dict(sweep.pruner_args) or ''}",
-        f"  trials: {n_trials} in total, {done} already there, {max(n_trials - done, 0)} to run "
-        f"on {sweep.n_workers} worker(s)" + (" in one Slurm job array" if on_slurm else ""),
-        f"  fixed overrides: {redact(' '.join([*sweep.overrides, *training])) or '(none)'}",
-    ]
+    where = f"on {sweep.n_workers} worker(s)" + (" in one Slurm job array" if on_slurm else "")
+    lines = [f"study {sweep.study_name} in {redact(storage_url(sweep))}",
+             f"  objective: {sweep.direction} {sweep.metric}"]
+    if stages.is_staged(sweep):
+        lines += [*stages.plan_lines(sweep), f"  runs {where}"]
+    else:
+        lines += [f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
+                  f"{dict(sweep.pruner_args) or ''}",
+                  f"  trials: {n_trials} in total, {done} already there, "
+                  f"{max(n_trials - done, 0)} to run {where}"]
+    fixed = redact(" ".join([*sweep.overrides, *training]))
+    lines.append(f"  fixed overrides: {fixed or '(none)'}")
     lines += [f"  variant {name}: {' '.join(o)}" for name, o in sweep.variants.items()]
-    lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()]
+    lines += [f"  {key}: {sweep.space[key]} -> {d}" for key, d in distributions.items()
+              if key in sweep.space]
     if on_slurm and sqlite_path(storage_url(sweep)) is not None:
         lines.append("  note: a SQLite storage is safe on Slurm only where every task sees this "
                      "file on one filesystem with working POSIX locks (one node, Lustre, GPFS; "
@@ -84,26 +90,30 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
 
 
 def run_sweep(arguments: list[str]):
-    """Plan, check, run the workers, write a search's best preset, then summarise the study in
-    its MLflow parent run."""
+    """Plan, check, run the workers (a staged comparison: its stages), write a search's best
+    preset, then summarise the study in its MLflow parent run."""
     register_configs()
     _, arguments = cli.parse(COMMAND, arguments)
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
+    slurm_settings = None
     if sweep.launcher == "slurm":  # its settings checked before anything starts
         from mlp_experiments.sweep import slurm
 
         slurm_settings = slurm.job_settings(sweep)
     deadline = time.time() + sweep.timeout if sweep.timeout else None
-    distributions = parse_space(sweep.space)
-    check_space(sweep, training, distributions)
+    staged = stages.is_staged(sweep)
+    main_sweep = check_staged(sweep, training) if staged else sweep
+    distributions = parse_space(main_sweep.space)
+    if not staged:
+        check_space(sweep, training, distributions)
     base = compose_config([*sweep.overrides, *training])
     tracking_uri = base.tracking.uri if base.tracking.enabled else None
-    study = open_study(sweep, distributions, tracking_uri)
-    kind = "comparison" if sweep.sampler == "grid" else "search"
+    study = open_study(main_sweep, distributions, tracking_uri)
+    kind = "comparison" if sweep.sampler == "grid" or staged else "search"
     study.set_user_attr("kind", kind)
     study.set_user_attr("metric", sweep.metric)
-    n_trials = budget(sweep, distributions)
+    n_trials = counted_trials(study) if staged else budget(sweep, distributions)
     print_plan(sweep, distributions, study, n_trials, training)
     parent_run_id = None
     if tracking_uri:  # one parent run, also when several commands start at once
@@ -111,17 +121,12 @@ def run_sweep(arguments: list[str]):
 
         with budget_lock(storage_url(sweep), sweep.study_name):
             parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
-    if sweep.launcher == "slurm":
-        lost_workers = run_on_slurm(sweep, slurm_settings, training, parent_run_id,
-                                    tracking_uri, deadline, study, n_trials)
+    workers = Workers(training, storage_url(sweep), tracking_uri, deadline, slurm_settings)
+    if staged:
+        stages.run_stages(sweep, workers.stage_runner(base.tracking), parent_run_id, study)
     else:
-        lost_workers = launch_workers(sweep, training, parent_run_id, tracking_uri, deadline)
+        workers.run(sweep, parent_run_id, study, n_trials)
     ended = ended_trials(study)
-    if lost_workers and len(ended) < n_trials and not past(deadline):
-        raise UserError(
-            f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died (see "
-            f"their output): run the same command again to finish the study."
-        )
     preset = publish_best_preset(study, sweep, kind)
     if parent_run_id:
         from mlp_experiments.report.command import summarise_in_mlflow
@@ -136,8 +141,70 @@ def run_sweep(arguments: list[str]):
     return study
 
 
+def check_staged(sweep: DictConfig, training: list[str]) -> DictConfig:
+    """A staged comparison's settings and every stage's trials checked before any training;
+    returns the evaluation stage's sweep (the study `sweep.study_name`)."""
+    stages.check_stages(sweep, training)
+    stage_sweeps = [stages.tuning_sweep(sweep, variant) for variant in sweep.variants] \
+        if sweep.tune is not None else []
+    evaluation = stages.evaluation_sweep(sweep, {})
+    for stage in [*stage_sweeps, evaluation]:
+        check_settings(stage)
+    for stage in [*stage_sweeps, evaluation]:
+        check_space(stage, training, parse_space(stage.space))
+    return evaluation
+
+
+@dataclass
+class Workers:
+    """How this command runs a study's workers: local processes or a Slurm job array."""
+
+    training: list[str]
+    storage: str  # the sweep's Optuna storage URL
+    tracking_uri: str | None
+    deadline: float | None
+    slurm_settings: dict | None
+
+    def run(self, sweep: DictConfig, parent_run_id, study, n_trials: int) -> None:
+        """Run workers until the study has n_trials; refuse to go on when workers died and
+        trials are left (a new command resumes them)."""
+        if self.slurm_settings is not None:
+            lost_workers = run_on_slurm(sweep, self.slurm_settings, self.training,
+                                        parent_run_id, self.tracking_uri, self.deadline, study,
+                                        n_trials)
+        else:
+            lost_workers = launch_workers(sweep, self.training, parent_run_id,
+                                          self.tracking_uri, self.deadline)
+        ended = ended_trials(study)
+        if lost_workers and len(ended) < n_trials and not past(self.deadline):
+            raise UserError(
+                f"{len(ended)} of {n_trials} trials ended and {lost_workers} worker(s) died "
+                f"(see their output): run the same command again to finish the study."
+            )
+
+    def stage_runner(self, tracking_cfg: DictConfig) -> stages.StageRunner:
+        from mlp_experiments import recorder
+
+        def run_stage(stage: DictConfig, parent) -> None:
+            study = open_study(stage, parse_space(stage.space), self.tracking_uri)
+            self.run(stage, parent, study, budget(stage, parse_space(stage.space)))
+            if past(self.deadline) and more_to_run(study, stage.n_trials):
+                raise UserError(f"sweep.timeout passed during {stage.study_name}: run the same "
+                                f"command again to go on from there.")
+
+        def nested_run(study, name: str, parent: str) -> str:
+            with budget_lock(self.storage, name):  # one run, also when commands start at once
+                return recorder.nested_run(tracking_cfg, study, name, parent)
+
+        def open_stage(stage: DictConfig):
+            return open_study(stage, parse_space(stage.space), self.tracking_uri)
+
+        return stages.StageRunner(run_stage, open_stage,
+                                  nested_run if self.tracking_uri else None)
+
+
 def run_on_slurm(sweep: DictConfig, settings: dict, training: list[str],
-                 parent_run_id: str | None, tracking_uri: str | None, deadline: float | None,
+                 parent_run_id: ParentRun, tracking_uri: str | None, deadline: float | None,
                  study, n_trials: int) -> int:
     """Submit the workers as a Slurm job array with `settings` (slurm.job_settings), unless the
     study has nothing left to run, and follow the study until it is complete; return how many

@@ -25,6 +25,7 @@ from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.policy import check_launcher_settings
 from mlp_experiments.errors import UserError
 from mlp_experiments.sweep.study import ended_trials
+from mlp_experiments.sweep.worker import ParentRun
 
 # The jobs' folders: <cwd>/slurm/<study>/<job id>/ hold submitit's files and the logs.
 JOBS_DIR = Path("slurm")
@@ -60,7 +61,7 @@ class SlurmWorker(submitit.helpers.Checkpointable):
     preemption (SIGUSR2), submitit requeues the task with this same worker; the trial it was
     training is queued again and resumes from its checkpoint."""
 
-    def __init__(self, sweep: dict, training: list[str], parent_run_id: str | None,
+    def __init__(self, sweep: dict, training: list[str], parent_run_id: ParentRun,
                  tracking_uri: str | None, deadline: float | None):
         self.sweep, self.training = sweep, training
         self.parent_run_id, self.tracking_uri, self.deadline = parent_run_id, tracking_uri, deadline
@@ -74,7 +75,7 @@ class SlurmWorker(submitit.helpers.Checkpointable):
 
 
 def submit_workers(sweep: DictConfig, settings: dict[str, Any], training: list[str],
-                   parent_run_id: str | None, tracking_uri: str | None,
+                   parent_run_id: ParentRun, tracking_uri: str | None,
                    deadline: float | None) -> list:
     """Submit the workers as one job array with `settings` (job_settings); print its ids and
     where their logs are."""

@@ -35,6 +35,9 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 DIRECTIONS = ("maximize", "minimize")
 
 
+SEED_KEY = "trainer.seed"  # a comparison's runs of one seed are paired across its variants
+
+
 SAMPLERS = ("tpe", "random", "grid")
 
 
@@ -42,6 +45,18 @@ LAUNCHERS = ("local", "slurm")
 
 
 STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
+
+
+@dataclass
+class TuneConfig:
+    """A comparison's tuning stage (sweep/stages.py): every variant gets the same budget."""
+
+    space: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep expression
+    n_trials: int = MISSING  # per variant
+    sampler: str = "tpe"  # tpe or random (sweep.seed seeds it)
+    pruner: str = "median"  # on the validation metric, among the variant's own trials
+    pruner_args: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the training seed of every tuning trial; the judging seeds come after it
 
 
 @dataclass
@@ -62,6 +77,10 @@ class SweepConfig:
     n_workers: int = 1
     launcher: str = "local"  # local: worker processes here; slurm: one Slurm job array
     slurm: dict[str, Any] = field(default_factory=dict)  # conf/hydra/launcher/slurm.yaml's keys
+    # A comparison tuned per variant before it is judged, and judged by a race over seeds
+    # (sweep/stages.py); `race: {}` races with report/racing.py's defaults.
+    tune: TuneConfig | None = None
+    race: dict[str, Any] | None = None
 
 
 def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
@@ -131,6 +150,12 @@ def check_settings(sweep: DictConfig) -> None:
         )
     if sweep.n_workers < 1:
         raise UserError(f"sweep.n_workers={sweep.n_workers} must be at least 1.")
+    if sweep.n_trials is not None and sweep.n_trials < 1:
+        raise UserError(f"sweep.n_trials={sweep.n_trials} must be at least 1 (or null: the "
+                        f"size of a grid).")
+    if sweep.timeout is not None and not sweep.timeout > 0:
+        raise UserError(f"sweep.timeout={sweep.timeout} must be a number of seconds above 0 "
+                        f"(or null: no time limit).")
     if sweep.launcher not in LAUNCHERS:
         raise UserError(f"sweep.launcher={sweep.launcher}: choose {' or '.join(LAUNCHERS)}.")
     if sweep.slurm and sweep.launcher != "slurm":

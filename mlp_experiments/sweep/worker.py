@@ -18,6 +18,7 @@ from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.spec import (
+    SEED_KEY,
     SweepConfig,
     budget,
     parse_space,
@@ -28,6 +29,10 @@ from mlp_experiments.sweep.spec import (
 from mlp_experiments.sweep.study import HEARTBEAT_S, budget_lock, more_to_run, open_study
 
 log = logging.getLogger("mlp_experiments.sweep")
+
+# The MLflow run a sweep's trials nest under: a run id, or one per variant (the evaluation stage
+# of a staged comparison, sweep/stages.py); None without tracking.
+ParentRun = str | dict[str, str] | None
 
 
 def past(deadline: float | None) -> bool:
@@ -40,7 +45,7 @@ class TrialTrainer:
     the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
 
     def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
-                 parent_run_id: str | None, deadline: float | None):
+                 parent_run_id: ParentRun, deadline: float | None):
         self.sweep, self.training = sweep, training
         self.distributions, self.parent_run_id = distributions, parent_run_id
         self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
@@ -60,7 +65,7 @@ class TrialTrainer:
             params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
             composed, values = trial_overrides(self.sweep, self.training, params)
             trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
-            return self.train(trial, self.config(composed, values))
+            return self.train(trial, self.config(composed, values), params)
         except optuna.TrialPruned:
             raise
         except (KeyboardInterrupt, SystemExit) as stop:
@@ -83,7 +88,7 @@ class TrialTrainer:
             self.composed[key] = compose_config(composed)
         return with_values(self.composed[key], values)
 
-    def train(self, trial, cfg: DictConfig) -> float:
+    def train(self, trial, cfg: DictConfig, params: dict[str, Any]) -> float:
         import optuna
 
         from mlp_experiments import engine
@@ -102,8 +107,8 @@ class TrialTrainer:
         if cfg.tracking.enabled:
             from mlp_experiments import recorder
 
-            run_name = f"{self.sweep.study_name}-{trial.number}"
-            run_id = recorder.create_run(cfg.tracking, run_name, self.parent_run_id)
+            run_id = recorder.create_run(cfg.tracking, self.run_name(trial, params),
+                                         self.parent_of(params))
             trial.set_user_attr("mlflow_run_id", run_id)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -124,6 +129,19 @@ class TrialTrainer:
             return float("nan")  # Optuna records the trial as FAIL, and the sweep goes on
         return result.best(self.sweep.metric, maximize=self.sweep.direction == "maximize")
 
+    def run_name(self, trial, params: dict[str, Any]) -> str:
+        """What differs: `adam-seed3` for a comparison's run, else `<study>-<trial number>`."""
+        if "variant" in params and SEED_KEY in params:
+            return f"{params['variant']}-seed{params[SEED_KEY]}"
+        return f"{self.sweep.study_name}-{trial.number}"
+
+    def parent_of(self, params: dict[str, Any]) -> str | None:
+        """The MLflow run the trial's run nests under: a staged comparison's evaluation runs
+        nest under their variant's run (`parent_run_id` maps variants to runs there)."""
+        if isinstance(self.parent_run_id, dict):
+            return self.parent_run_id[params["variant"]]
+        return self.parent_run_id
+
     @staticmethod
     def finished_with_hash(study, run_hash: str):
         from optuna.trial import TrialState
@@ -140,7 +158,7 @@ def resumed_trial(trial) -> int | None:
     return trial.user_attrs.get("resumes")
 
 
-def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
          tracking_uri: str | None, torch_threads: int, deadline: float | None) -> None:
     """A worker: start trials until the study has its n_trials (or the deadline passes). With
     the budget reached it stays while other trials run: if their worker was killed, it fails
@@ -166,7 +184,7 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: str | None,
         time.sleep(HEARTBEAT_S)
 
 
-def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | None,
+def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
                    tracking_uri: str | None, deadline: float | None) -> int:
     """Run the workers; return how many died (a killed worker's trial is retried by the others,
     so the study can still be complete)."""
@@ -204,7 +222,7 @@ def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: str | 
     return len(lost)
 
 
-def run_worker(sweep_container: dict, training: list[str], parent_run_id: str | None,
+def run_worker(sweep_container: dict, training: list[str], parent_run_id: ParentRun,
                tracking_uri: str | None, threads: int, deadline: float | None,
                index: int) -> None:
     """A worker in a process of its own (a spawned process, a Slurm array task): the sweep
