@@ -86,8 +86,14 @@ def test_a_learning_rate_on_a_linear_scale_is_refused():
 
 
 def test_every_shipped_sweep_plans_cleanly():
+    from mlp_experiments.sweep import stages
+    from mlp_experiments.sweep.command import check_staged
+
     for path in sorted(spec.SWEEPS_DIR.glob("*.yaml")):
         sweep = spec.load_sweep(path.stem, [])
+        if stages.is_staged(sweep):  # tuned and raced: each stage's trials are checked
+            check_staged(sweep, [])
+            continue
         distributions = spec.parse_space(sweep.space)
         spec.check_space(sweep, [], distributions)
         assert spec.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
