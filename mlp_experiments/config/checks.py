@@ -4,14 +4,21 @@ cannot work together."""
 
 from __future__ import annotations
 
-import math
+from itertools import pairwise
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mlp_experiments.config import policy
 from mlp_experiments.config.choices import DatasetName
-from mlp_experiments.config.schemas import TARGET_SCHEMAS, LossConfig, ModelConfig
+from mlp_experiments.config.schemas import (
+    TARGET_SCHEMAS,
+    LossConfig,
+    MLPConfig,
+    ModelConfig,
+    Range,
+    ranges,
+)
 from mlp_experiments.errors import UserError
 from mlp_experiments.task import Task
 
@@ -76,39 +83,92 @@ def check_values(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"These keys need a value: {', '.join(missing)}.")
-    for key in ("trainer.epochs", "trainer.batch_size"):
-        value = OmegaConf.select(cfg, key)
-        if value < 1:
-            raise UserError(f"{key}={value} must be at least 1.")
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise UserError(f"optimizer.lr={lr} must be a finite number above 0 (e.g. 0.1).")
-    hidden_sizes = list(cfg.model.get("hidden_sizes") or [])
-    if any(size < 1 for size in hidden_sizes):
-        raise UserError(f"model.hidden_sizes={hidden_sizes}: every layer needs at least 1 unit.")
-    if "dropout" in cfg.model:
-        check_dropout(cfg.model.dropout, len(hidden_sizes))
+    if "dropout" in cfg.model:  # first: OmegaConf has no type to check it by (Any)
+        check_dropout(cfg.model.dropout, len(cfg.model.get("hidden_sizes") or []))
+    check_ranges(cfg)
+    check_model_size(cfg)
+    check_split(cfg.data)
     task = Task.of(cfg.data)
-    if not task.regression and task.num_classes < 2:
-        if cfg.data.name == DatasetName.synthetic:
-            problem, fix = f"data.num_classes={task.num_classes}", "data.num_classes=2"
-        else:
-            problem, fix = f"data.classes={list(cfg.data.classes)}", "data.classes=[0,6]"
-        raise UserError(f"{problem}: a classifier needs at least two classes, e.g. {fix}.")
+    if not task.regression and task.num_classes < 2:  # data.classes (num_classes has a range)
+        raise UserError(f"data.classes={list(cfg.data.classes)}: a classifier needs at least two "
+                        f"classes, e.g. data.classes=[0,6].")
 
 
-def check_dropout(dropout: Any, layers: int) -> None:
-    rates = list(dropout) if isinstance(dropout, ListConfig) else [dropout] * layers
-    if len(rates) != layers or not all(_is_rate(rate) for rate in rates):
-        shown = OmegaConf.to_container(dropout) if OmegaConf.is_config(dropout) else dropout
+def check_ranges(cfg: DictConfig) -> None:
+    """Every numeric setting in the range its schema states (schemas.ranged), a list's
+    element by element."""
+    for section, schema in policy.section_schemas(cfg).items():
+        for name, allowed in ranges(schema).items():
+            value = cfg[section][name]
+            values = list(value) if isinstance(value, ListConfig) else [value]
+            if value is not None and not all(number in allowed for number in values):
+                raise UserError(out_of_range(f"{section}.{name}", value, allowed))
+
+
+def out_of_range(key: str, value: Any, allowed: Range) -> str:
+    """The one message for a value outside its range: the key, the value, the range and an
+    example, e.g. "trainer.epochs=0 must be at least 1 (e.g. trainer.epochs=5)"."""
+    if isinstance(value, ListConfig):
+        rule = f": every {allowed.item} needs {allowed}"
+    elif allowed.why:
+        rule = f": {allowed.why}, so it must be {allowed}"
+    else:
+        rule = f" must be {allowed}"
+    return f"{key}={value}{rule} (e.g. {key}={allowed.example})."
+
+
+# The most parameters a model may have. 1e9 float32 weights are 4 GB, and training holds their
+# gradients and up to two moments of the optimizer's (Adam) beside them: 16 GB, more than most
+# GPUs hold, and some 750 times the largest model conf/ and sweeps/ train (784-1024-512-10,
+# 1.3M parameters). Above it a typo (a width of 1000000000) fails here, not in an allocation
+# minutes later that names no key.
+MAX_PARAMETERS = 10**9
+
+
+def parameter_count(cfg: DictConfig) -> int:
+    """The parameters of an MLP's linear layers (weights and biases) on the data's shape."""
+    in_features, num_outputs = model_shape(cfg)
+    widths = [in_features, *cfg.model.hidden_sizes, num_outputs]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in pairwise(widths))
+
+
+def check_model_size(cfg: DictConfig) -> None:
+    if "hidden_sizes" not in cfg.model:  # model_demo and cnn: a fixed, small size
+        return
+    count = parameter_count(cfg)
+    if count > MAX_PARAMETERS:
+        in_features, num_outputs = model_shape(cfg)
         raise UserError(
-            f"model.dropout={shown!r} must be one rate in [0, 1) or a list of rates, one per "
-            f"hidden layer ({layers} here), e.g. model.dropout=0.2."
+            f"model.hidden_sizes={cfg.model.hidden_sizes} makes a model of {count:,} parameters "
+            f"({in_features} inputs, {num_outputs} outputs), above the {MAX_PARAMETERS:,} a "
+            f"training may hold (4 GB of float32 weights, 16 GB with their gradients and "
+            f"Adam's moments): use narrower layers, e.g. model.hidden_sizes=[256]."
         )
 
 
-def _is_rate(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+def check_split(data: DictConfig) -> None:
+    """A generated dataset's validation split is carved from its training examples."""
+    if "train_size" in data and data.val_size >= data.train_size:
+        raise UserError(
+            f"data.val_size={data.val_size} must be below data.train_size={data.train_size}: "
+            f"the validation examples are taken from the training examples (e.g. "
+            f"data.val_size={data.train_size // 5 or 1})."
+        )
+
+
+def check_dropout(dropout: Any, layers: int) -> None:
+    allowed = ranges(MLPConfig)["dropout"]
+    rates = list(dropout) if isinstance(dropout, ListConfig) else [dropout] * layers
+    if len(rates) != layers or not all(_is_rate(rate, allowed) for rate in rates):
+        shown = OmegaConf.to_container(dropout) if OmegaConf.is_config(dropout) else dropout
+        raise UserError(
+            f"model.dropout={shown!r} must be one rate in {allowed.interval} or a list of rates, "
+            f"one per hidden layer ({layers} here), e.g. model.dropout={allowed.example}."
+        )
+
+
+def _is_rate(value: Any, allowed: Range) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value in allowed
 
 
 def validate(cfg: DictConfig) -> None:

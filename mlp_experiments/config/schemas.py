@@ -3,10 +3,18 @@
 Every group option in `conf/` names its schema in its defaults list
 (`- /schema/<group>/<name>@_here_`), so a wrong key or a value of the wrong type fails while
 Hydra composes, with the key and the allowed values in the message.
+
+Every numeric setting states its allowed range here, beside its field (`ranged`), and nowhere
+else: `checks.check_ranges` checks each one before torch is imported, and docs/bad-input.md
+lists them (`range_table`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,12 +34,114 @@ from mlp_experiments.config.choices import (
     Reduction,
 )
 
+# ---------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: `low` to `high`, each end included unless it is
+    open. An infinite end is never included and NaN is in no range, so a float setting refuses
+    NaN and inf. A list setting is checked element by element, each element one `item`.
+    `example` is a value to suggest, `why` the reason for a range that does not explain itself;
+    `integer` (from the field's type) only changes how the range reads."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    example: Any = None
+    item: str = ""
+    why: str = ""
+    integer: bool = False
+
+    @property
+    def includes_low(self) -> bool:
+        return not self.low_open and math.isfinite(self.low)
+
+    @property
+    def includes_high(self) -> bool:
+        return not self.high_open and math.isfinite(self.high)
+
+    def __contains__(self, value: Any) -> bool:
+        above_low = value >= self.low if self.includes_low else value > self.low
+        below_high = value <= self.high if self.includes_high else value < self.high
+        return above_low and below_high
+
+    @property
+    def interval(self) -> str:
+        """In interval notation: [0, 1), (0, inf)."""
+        opening, closing = "[" if self.includes_low else "(", "]" if self.includes_high else ")"
+        return f"{opening}{_number(self.low)}, {_number(self.high)}{closing}"
+
+    def __str__(self) -> str:
+        """In words, to follow "must be" or "needs": at least 1, a number in [0, 1)."""
+        low = _number(self.low)
+        if not math.isinf(self.high):
+            return f"{'an integer' if self.integer else 'a number'} in {self.interval}"
+        if self.integer:
+            return f"above {low}" if self.low_open else f"at least {low}"
+        return f"a finite number {f'above {low}' if self.low_open else f'of {low} or more'}"
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if math.isfinite(bound) and bound == int(bound) else str(bound)
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+def above(low: float) -> Range:
+    return Range(low=low, low_open=True)
+
+
+def between(low: float, high: float, *, high_open: bool = False) -> Range:
+    return Range(low=low, high=high, high_open=high_open)
+
+
+# NumPy seeds its generator with 32 bits (np.random.seed, SeedSequence): one range for every seed.
+SEED = between(0, 2**32 - 1)
+SEED_WHY = "NumPy takes 32-bit seeds"
+
+
+def ranged(default: Any, allowed: Range, **details: Any) -> Any:
+    """A schema field whose values must lie in `allowed`; `details` are the Range's example
+    (the default, unless given), item and why."""
+    example = details.pop("example", default)
+    if example is MISSING or example is None:
+        raise TypeError("a ranged field without a default needs an example")
+    allowed = dataclasses.replace(allowed, example=example, **details)
+    metadata = {"range": allowed}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@functools.cache
+def ranges(schema: type) -> dict[str, Range]:
+    """The range of each ranged field of a schema, `integer` set from the field's type."""
+    hints = typing.get_type_hints(schema)
+    return {item.name: dataclasses.replace(item.metadata["range"],
+                                           integer=number_type(hints[item.name]) is int)
+            for item in dataclasses.fields(schema) if "range" in item.metadata}
+
+
+def number_type(hint: Any) -> Any:
+    """The number type of a field's type: int for int, int | None, list[int] or list[int] | None."""
+    while typing.get_args(hint):
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+# ---------------------------------------------------------------------------- schemas
+
 
 @dataclass
 class DataConfig:
     name: DatasetName = MISSING
-    val_size: int = 5000
-    split_seed: int = 0
+    val_size: int = ranged(5000, at_least(1), example=500,
+                           why="early stopping and the sweeps score the validation split")
+    split_seed: int = ranged(0, SEED, why=SEED_WHY)
     loader: Loader = Loader.device
     normalize: Normalize = Normalize.none
 
@@ -40,25 +150,30 @@ class DataConfig:
 class IdxDataConfig(DataConfig):
     root: str = "data"  # searched first; torchvision downloads here
     verify: bool = True  # MD5 of the decoded IDX files against the published release
-    classes: list[int] | None = None  # keep these classes only, relabelled 0..k-1 (bce: two)
+    # keep these classes only, relabelled 0..k-1 (bce: two); both releases have classes 0-9
+    classes: list[int] | None = ranged(None, between(0, 9), example=[0, 6], item="class")
+
+
+TRAIN_WHY = "at least one is kept for validation (data.val_size)"
 
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
-    train_size: int = 1200
-    test_size: int = 400
-    seed: int = 0
-    num_classes: int = 10
-    features: int | None = None  # None: 28x28 uint8 images; n: n real-valued features
+    train_size: int = ranged(1200, at_least(2), why=TRAIN_WHY)
+    test_size: int = ranged(400, at_least(1))
+    seed: int = ranged(0, SEED, why=SEED_WHY)
+    num_classes: int = ranged(10, at_least(2), why="a classifier needs at least two classes")
+    # None: 28x28 uint8 images; n: n real-valued features
+    features: int | None = ranged(None, at_least(1), example=10)
 
 
 @dataclass
 class RegressionDataConfig(DataConfig):
-    train_size: int = 4000
-    test_size: int = 1000
-    seed: int = 0
-    features: int = 10
-    noise: float = 1.0
+    train_size: int = ranged(4000, at_least(2), why=TRAIN_WHY)
+    test_size: int = ranged(1000, at_least(1))
+    seed: int = ranged(0, SEED, why=SEED_WHY)
+    features: int = ranged(10, at_least(5), why="Friedman's problem uses the first five")
+    noise: float = ranged(1.0, at_least(0))  # the standard deviation of the targets' noise
 
 
 @dataclass
@@ -69,25 +184,29 @@ class ModelConfig:
     needs_images: ClassVar[bool] = False  # True: 28x28 images, not flat feature vectors
 
 
+LAYER_WIDTH = at_least(1)  # units in a hidden layer
+INIT_STD = at_least(0)  # torch's normal_ takes std >= 0
+
+
 @dataclass
 class MLPConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.MLP"
-    hidden_sizes: list[int] = field(default_factory=lambda: [256])
+    hidden_sizes: list[int] = ranged([256], LAYER_WIDTH, item="layer")
     activation: Activation = Activation.relu
     # One rate for every hidden layer, or a list with one rate per layer. OmegaConf has no
-    # Union type: check_values refuses anything but a float or a list of floats.
-    dropout: Any = 0.0
+    # Union type: check_dropout refuses anything but a float or a list of floats.
+    dropout: Any = ranged(0.0, between(0, 1, high_open=True), example=0.2, item="rate")
     dropout_impl: DropoutImpl = DropoutImpl.nn
     init: Init = Init.default
-    init_std: float = 0.01
+    init_std: float = ranged(0.01, INIT_STD)
     bias_init: BiasInit = BiasInit.default
 
 
 @dataclass
 class ScratchMLPConfig(ModelConfig):
     _target_: str = "mlp_experiments.models.ScratchMLP"
-    hidden_sizes: list[int] = field(default_factory=lambda: [256])
-    init_std: float = 0.01
+    hidden_sizes: list[int] = ranged([256], LAYER_WIDTH, item="layer")
+    init_std: float = ranged(0.01, INIT_STD)
     outputs: ClassVar[str] = "probabilities"
 
 
@@ -105,55 +224,48 @@ class CNNConfig(ModelConfig):
 
 @dataclass
 class OptimizerConfig:
-    """An allowed torch optimizer without a schema of its own: its learning rate only."""
+    """An allowed torch optimizer without a schema of its own: its learning rate only. The
+    other optimizer schemas add their settings (ranges as torch checks them) to it."""
 
     _target_: str = MISSING
     _partial_: bool = True
-    lr: float = MISSING
+    lr: float = ranged(MISSING, above(0), example=0.1)
 
 
 @dataclass
-class ScratchSGDConfig:
+class ScratchSGDConfig(OptimizerConfig):
     _target_: str = "mlp_experiments.optim.ScratchSGD"
-    _partial_: bool = True
-    lr: float = MISSING
-    batch_size: int = MISSING
+    batch_size: int = ranged(MISSING, at_least(1), example=256)
 
 
 @dataclass
-class SGDConfig:
+class SGDConfig(OptimizerConfig):
     _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = MISSING
-    momentum: float = 0.0
+    momentum: float = ranged(0.0, at_least(0), example=0.9)
     nesterov: bool = False
 
 
 @dataclass
-class AdagradConfig:
+class AdagradConfig(OptimizerConfig):
     _target_: str = "torch.optim.Adagrad"
-    _partial_: bool = True
-    lr: float = MISSING
-    eps: float = 1e-10
+    eps: float = ranged(1e-10, at_least(0))
 
 
 @dataclass
-class RMSpropConfig:
+class RMSpropConfig(OptimizerConfig):
     _target_: str = "torch.optim.RMSprop"
-    _partial_: bool = True
-    lr: float = MISSING
-    alpha: float = 0.99
-    eps: float = 1e-8
-    momentum: float = 0.0
+    # the decay of the running mean of squared gradients: torch checks alpha >= 0 only, but
+    # above 1 the mean turns negative and its square root NaN
+    alpha: float = ranged(0.99, between(0, 1))
+    eps: float = ranged(1e-8, at_least(0))
+    momentum: float = ranged(0.0, at_least(0), example=0.9)
 
 
 @dataclass
-class AdamConfig:
+class AdamConfig(OptimizerConfig):
     _target_: str = MISSING  # torch.optim.Adam or torch.optim.AdamW
-    _partial_: bool = True
-    lr: float = MISSING
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = ranged([0.9, 0.999], between(0, 1, high_open=True), item="beta")
+    eps: float = ranged(1e-8, at_least(0))
 
 
 @dataclass
@@ -169,35 +281,41 @@ class SchedulerConfig:
     _partial_: bool = True
 
 
+# The factor the learning rate is multiplied by (torch checks nothing; 0 or less is no rate).
+GAMMA = above(0)
+
+
 @dataclass
 class StepLRConfig:
     _target_: str = "torch.optim.lr_scheduler.StepLR"
     _partial_: bool = True
-    step_size: int = MISSING
-    gamma: float = MISSING
+    step_size: int = ranged(MISSING, at_least(1), example=50)  # epochs
+    gamma: float = ranged(MISSING, GAMMA, example=0.5)
 
 
 @dataclass
 class MultiStepLRConfig:
     _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
     _partial_: bool = True
-    milestones: list[int] = MISSING
-    gamma: float = MISSING
+    # the epochs after which the rate drops: the scheduler first steps after epoch 1
+    milestones: list[int] = ranged(MISSING, at_least(1), example=[50, 100, 160],
+                                   item="milestone")
+    gamma: float = ranged(MISSING, GAMMA, example=0.5)
 
 
 @dataclass
 class ExponentialLRConfig:
     _target_: str = "torch.optim.lr_scheduler.ExponentialLR"
     _partial_: bool = True
-    gamma: float = MISSING
+    gamma: float = ranged(MISSING, GAMMA, example=0.9)
 
 
 @dataclass
 class CosineLRConfig:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     _partial_: bool = True
-    T_max: int = MISSING
-    eta_min: float = 0.0
+    T_max: int = ranged(MISSING, at_least(1), example=10)  # epochs
+    eta_min: float = ranged(0.0, at_least(0))
 
 
 @dataclass
@@ -267,24 +385,26 @@ class SmoothL1Config(LossConfig):
     option: ClassVar[str] = "smooth_l1"
     task: ClassVar[str] = "regression"
     takes: ClassVar[str] = "values"
-    beta: float = 1.0
+    beta: float = ranged(1.0, at_least(0))  # torch refuses a negative beta
 
 
 @dataclass
 class RegularizationConfig:
-    weight_decay: float = 0.0  # through the optimizer
+    weight_decay: float = ranged(0.0, at_least(0), example=0.0005)  # through the optimizer
     decay_biases: bool = False  # False: weight decay and penalties on weight matrices only
-    l2_penalty: float = 0.0  # lambda of lambda/2 * ||w||^2 added to the loss (note 004)
-    l1_penalty: float = 0.0  # lambda of lambda * |w|_1 added to the loss
+    # lambda of lambda/2 * ||w||^2 added to the loss (note 004)
+    l2_penalty: float = ranged(0.0, at_least(0), example=0.0005)
+    l1_penalty: float = ranged(0.0, at_least(0), example=0.0001)  # lambda * |w|_1, added
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 5
-    batch_size: int = 256
-    seed: int = 0
+    epochs: int = ranged(5, at_least(1))
+    batch_size: int = ranged(256, at_least(1))
+    seed: int = ranged(0, SEED, why=SEED_WHY)
     device: Device = Device.auto
-    patience: int = 0  # early stopping: epochs without a better val_loss; 0 turns it off
+    # early stopping: epochs without a better val_loss; 0 turns it off
+    patience: int = ranged(0, at_least(0), example=3)
     resume: bool = False
     checkpoint_dir: str = "checkpoints"
     precision: Precision = Precision.fp32
@@ -376,6 +496,31 @@ TARGET_SCHEMAS = {
 
 ANY_TARGET_SCHEMAS = {"optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
                       "loss": LossConfig}
+
+
+def schemas_by_section() -> dict[str, list[type]]:
+    """Every schema of each section of the training config."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {section: list(SCHEMAS[section].values()) if section in SCHEMAS else [hints[section]]
+            for section in hints}
+
+
+def range_table() -> str:
+    """The ranges of every schema as a Markdown table (docs/bad-input.md holds it): one row per
+    key and range, with the schemas that have it."""
+    rows: dict[tuple, tuple[str, Range, list[str]]] = {}
+    for section, schemas in schemas_by_section().items():
+        for schema in schemas:
+            for name, allowed in ranges(schema).items():
+                key = f"{section}.{name}"
+                same = (key, str(allowed), allowed.item, allowed.why)  # the example may differ
+                rows.setdefault(same, (key, allowed, []))[2].append(schema.__name__)
+    lines = ["| key | allowed | e.g. | schemas | why |", "|---|---|---|---|---|"]
+    for key, allowed, schemas in rows.values():
+        words = f"every {allowed.item}: {allowed}" if allowed.item else str(allowed)
+        lines.append(f"| `{key}` | {words} | `{key}={allowed.example}` | {', '.join(schemas)} "
+                     f"| {allowed.why} |")
+    return "\n".join(lines) + "\n"
 
 
 def data_schema(name: DatasetName) -> type:
