@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlp_experiments.errors import UserError
 from mlp_experiments.locks import file_lock
-from mlp_experiments.redact import redact
+from mlp_experiments.redact import CREDENTIALS_ADVICE, has_credentials, redact
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -31,6 +31,9 @@ def sqlite_lock(uri: str) -> AbstractContextManager:
 
 def check_server(uri: str) -> None:
     """An HTTP tracking server must answer its health check now, not after an hour of training."""
+    if has_credentials(uri):  # urllib cannot use them, MLflow takes them from its variables
+        raise UserError(f"tracking.uri={redact(uri)}: credentials in an MLflow server's URL are "
+                        f"not used; {CREDENTIALS_ADVICE}.")
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
             return

@@ -6,6 +6,7 @@ answered in about a second. `train(cfg)` is the function sweeps call for each tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -31,7 +32,7 @@ from mlp_experiments.config.compose import (
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.schemas import register_configs
 from mlp_experiments.errors import UserError
-from mlp_experiments.redact import redact
+from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task
 
 log = logging.getLogger("mlp_experiments")
@@ -283,9 +284,12 @@ def cli() -> None:
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     if args.help:
-        print(app_help(args.overrides, **where))
+        print(redact(app_help(args.overrides, **where)))
         return
-    main()
+    shows_config = args.cfg or args.info or args.hydra_help
+    with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
+            else nullcontext():
+        main()
 
 
 def app_help(overrides: list[str], config_name: str, config_dir: Path,

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
@@ -48,3 +49,53 @@ def test_a_credential_in_the_config_is_masked_in_params_tags_and_config_yaml(
                 Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text()]
     assert not [text for text in recorded if "s3cr" in text]
     assert run.data.params["tracking.run_name"] == redact(SECRET_URL)
+
+
+# ---------------------------------------------------------------------------- on screen and disk
+
+PASSWORD = "s3cr3tpw"
+
+
+def train_command(tmp_path: Path, *arguments: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mlp_experiments.train", *arguments],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("uri", [f"postgresql://mlp:{PASSWORD}@127.0.0.1:5432/mlflow",
+                                 f"http://mlp:{PASSWORD}@127.0.0.1:5000"])
+def test_a_password_in_tracking_uri_is_refused_before_anything_is_written(tmp_path, uri):
+    result = train_command(tmp_path, f"tracking.uri={uri}", "data=synthetic")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and PASSWORD not in output and "Traceback" not in output
+    assert "tracking.uri=" in output and "MLFLOW_TRACKING_PASSWORD" in output
+    assert "PGPASSWORD" in output and "$MLFLOW_TRACKING_URI" in output
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>/.hydra, no store
+
+
+@pytest.mark.parametrize("flags", [["--cfg", "job", "--resolve"], ["--cfg", "all", "--resolve"],
+                                   ["--info", "all"], ["--help"]])
+def test_what_hydras_flags_print_is_masked(tmp_path, flags):
+    env = {"MLFLOW_TRACKING_URI": f"postgresql://mlp:{PASSWORD}@127.0.0.1:5432/mlflow"}
+    result = train_command(tmp_path, *flags, env=env)
+    assert result.returncode == 0, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    if flags[0] == "--cfg":
+        assert "postgresql://mlp:***@127.0.0.1:5432/mlflow" in result.stdout  # resolved, masked
+
+
+def test_a_password_from_the_environment_never_reaches_the_run_folder(tmp_path):
+    """The config reads $MLFLOW_TRACKING_URI through ${oc.env:...}, which Hydra writes as it is:
+    the run's .hydra/*.yaml hold the interpolation, not the password."""
+    env = {"MLFLOW_TRACKING_URI": f"postgresql://mlp:{PASSWORD}@127.0.0.1:5432/mlflow"}
+    result = train_command(tmp_path, "data=synthetic", "trainer.epochs=1", "trainer.device=cpu",
+                           "tracking.enabled=false", env=env)
+    assert result.returncode == 0, result.stderr
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.parent.name == ".hydra" for path in written)
+    assert not [path for path in written if PASSWORD.encode() in path.read_bytes()]
+    assert "oc.env:MLFLOW_TRACKING_URI" in next(tmp_path.rglob(".hydra/config.yaml")).read_text()

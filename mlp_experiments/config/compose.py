@@ -101,6 +101,7 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
             base = None
         raise UserError(explain_unknown_key(with_causes(error), base)) from None
     policy.check_hydra_config(cfg)
+    check_no_credentials(cfg)
     hydra = cfg.hydra
     with open_dict(cfg):
         del cfg["hydra"]
@@ -109,6 +110,29 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
     except OmegaConfBaseException as error:  # e.g. a --config-path primary config without a group
         raise UserError(with_causes(error)) from None
     return cfg, hydra
+
+
+def check_no_credentials(cfg: DictConfig) -> None:
+    """No value of the composed config (the Hydra node with its overrides included) is a URL
+    with a password: Hydra writes them all into the run's folder."""
+    from omegaconf import OmegaConf
+
+    from mlp_experiments.redact import CREDENTIALS_ADVICE, has_credentials, redact
+
+    def walk(tree: Any, path: str) -> None:
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree) \
+            if isinstance(tree, list) else ()
+        for key, value in items:
+            where = f"{path}.{key}".lstrip(".")
+            if isinstance(value, str) and has_credentials(value):
+                raise UserError(f"{where}={redact(value)} holds a password, which Hydra would "
+                                f"write in clear into the run's folder (.hydra/*.yaml): "
+                                f"{CREDENTIALS_ADVICE}.")
+            walk(value, where)
+
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    walk({key: value for key, value in tree.items() if key != "hydra"}, "")  # its key first
+    walk({"hydra": tree.get("hydra", {})}, "")
 
 
 def check_command_line(overrides: list[str], config_name: str = "train",
