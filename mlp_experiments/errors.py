@@ -5,12 +5,37 @@ from __future__ import annotations
 
 import difflib
 import re
+import signal
 
 from omegaconf import DictConfig, OmegaConf
 
 
 class UserError(Exception):
     """A mistake in the input (config, data, tracking server): its message says how to fix it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, Kubernetes, systemd), raised where Ctrl-C raises
+    KeyboardInterrupt: every path that ends a run as interrupted ends it the same way."""
+
+
+def stop_on_signals() -> None:
+    """SIGTERM stops the command as Ctrl-C does; after the first of either, both are ignored
+    while the command closes its records (a second Ctrl-C used to cut that short and leave a
+    run RUNNING). SIGKILL still ends it at once."""
+
+    def stop(signum: int, _frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def interrupted_exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for the signal that stopped the command: 128 + its number."""
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
 
 _UNKNOWN_KEY = re.compile(r"Key '([^']+)' not in '[^']+'\s+full_key: (\S+)")

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib
 import json
+import logging
 import os
 import random
 import signal
@@ -93,6 +94,20 @@ def create_run(cfg: DictConfig, run_name: str, parent_run_id: str | None) -> str
                                             tags=tags).info.run_id
 
 
+def without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+# MLflow's SQL store logs every failed query with its traceback, also those we try again or
+# report in one line ourselves: its message stays, the traceback goes.
+logging.getLogger("mlflow.store.db.utils").addFilter(without_traceback)
+
+# A SQLite store another process holds past MLflow's 20 s busy timeout fails a write: the
+# run's final status is tried again, 2 + 4 + 6 s later, before the command says it failed.
+STATUS_ATTEMPTS, STATUS_BACKOFF_S = 4, 2.0
+
+
 class Recorder:
     """One MLflow run per training: `start` opens (or continues) it, `finish` or `end` closes
     it with its status. Arguments and results are plain data (they may cross a pipe as JSON); an
@@ -151,24 +166,45 @@ class Recorder:
             log_served_model(*served)
 
     def finish(self, outcome: str) -> None:
-        mlflow.set_tag("outcome", outcome)
-        mlflow.end_run(status=MLFLOW_STATUS[outcome])
+        self.close(outcome, STATUS_ATTEMPTS)
 
     def discard(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
     def end(self, outcome: str, retries: bool = True) -> None:
-        """Mark the run as `outcome` if the store still answers (without retrying when it was
-        the store that failed: one wait for it is enough), keeping what it recorded."""
-        if mlflow.active_run() is None:
-            return
+        """Mark the run as `outcome` (interrupted, crashed), keeping what it recorded; without
+        `retries` when it was the store that failed (one wait for it is enough). A status
+        that cannot be written is said on stderr: the run stays RUNNING in the store."""
         budget = {} if retries else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
         try:
             with environment(budget):
-                mlflow.set_tag("outcome", outcome)
-                mlflow.end_run(status=MLFLOW_STATUS[outcome])
+                self.close(outcome, STATUS_ATTEMPTS if retries else 1)
+        except mlflow.exceptions.MlflowException as error:
+            print(f"warning: the status of MLflow run {self.run_id} ({outcome}) could not be "
+                  f"written: {str(error).splitlines()[0][:200]}", file=sys.stderr)
+
+    def close(self, outcome: str, attempts: int) -> None:
+        """Tag the run's outcome and end it with its status, trying a busy store again. The
+        run leaves MLflow's stack of active runs first, so that MLflow's exit hook can never
+        end it as FINISHED when writing our status failed."""
+        if mlflow.active_run() is None:
+            return
+        run_id, status = mlflow.active_run().info.run_id, MLFLOW_STATUS[outcome]
+        writes = [lambda: self.client.set_tag(run_id, "outcome", outcome)]
+        try:
+            mlflow.end_run(status=status)  # it pops the run before it writes the status
         except mlflow.exceptions.MlflowException:
-            pass  # end_run took it off the stack first: nothing retries at exit
+            writes.append(lambda: self.client.set_terminated(run_id, status))
+        for attempt in range(1, attempts + 1):
+            try:
+                while writes:
+                    writes[0]()
+                    writes.pop(0)
+                return
+            except mlflow.exceptions.MlflowException:
+                if attempt == attempts:
+                    raise
+                time.sleep(STATUS_BACKOFF_S * attempt)
 
 
 def log_figures(client, run_id: str, history: list[dict[str, float]], dataset: dict,

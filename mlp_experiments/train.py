@@ -31,7 +31,7 @@ from mlp_experiments.config.compose import (
 )
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.schemas import register_configs
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task
 
@@ -287,9 +287,13 @@ def cli() -> None:
         print(redact(app_help(args.overrides, **where)))
         return
     shows_config = args.cfg or args.info or args.hydra_help
-    with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
-            else nullcontext():
-        main()
+    stop_on_signals()
+    try:
+        with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
+                else nullcontext():
+            main()
+    except KeyboardInterrupt as stop:  # the run is closed as interrupted, its checkpoint kept
+        raise SystemExit(interrupted_exit_code(stop)) from None
 
 
 def app_help(overrides: list[str], config_name: str, config_dir: Path,

@@ -372,3 +372,63 @@ pruner: none
     assert [t.user_attrs["outcome"] for t in study.trials] == ["diverged", "diverged"]
     assert "report" in {a.path for a in MlflowClient(uri).list_artifacts(
         study.user_attrs["mlflow_parent_run_id"])}  # summarised all the same
+
+
+def test_sigterm_mid_run_ends_it_as_ctrl_c_does_and_resume_completes_it(tmp_path):
+    """kill, docker stop, Kubernetes and systemd send SIGTERM: the run is closed KILLED with
+    its checkpoint kept and the resume hint, exit code 143, no traceback."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_command(tmp_path, uri, "trainer.epochs=6")
+    process = start(command, tmp_path, "first.log")
+    run = logged_epochs(uri, 2)
+    process.send_signal(signal.SIGTERM)
+    code, log = finish(process, tmp_path, "first.log")
+    assert code == 143 and "Traceback" not in log, log
+    assert "interrupted: resume with trainer.resume=true" in log
+    ended = MlflowClient(uri).get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and ended.data.tags["outcome"] == "interrupted"
+
+    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
+                       tmp_path, "resume.log")
+    assert code == 0, log
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_sigterm_to_a_sweep_of_two_workers_stops_both_and_leaves_no_run_running(tmp_path):
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "terminated"
+    command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
+    sweep = start(command, tmp_path, "first.log")
+    running_trial(tmp_path, name, 2)
+    sweep.send_signal(signal.SIGTERM)
+    code, log = finish(sweep, tmp_path, "first.log")
+    assert code == 143 and "Traceback" not in log, log
+    assert "run the same command again to resume" in log
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
+
+    code, log = finish(start(command, tmp_path, "again.log"), tmp_path, "again.log")
+    assert code == 0, log
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
+
+
+def test_ctrl_c_while_another_process_locks_the_store_ends_the_run_killed_not_finished(tmp_path):
+    """MLflow in the training process (log_model), the store locked past MLflow's 20 s busy
+    timeout when Ctrl-C comes: the status is written once the lock is gone, and MLflow's exit
+    hook, which ended such a run FINISHED, has no run left to end."""
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = start(train_command(tmp_path, uri, "trainer.epochs=8", "tracking.log_model=true"),
+                    tmp_path, "train.log")
+    run = logged_epochs(uri, 2)
+    with sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, timeout=60) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        process.send_signal(signal.SIGINT)
+        time.sleep(25)  # past MLflow's busy timeout: its first write of the status fails
+        locker.execute("COMMIT")
+    code, log = finish(process, tmp_path, "train.log")
+    assert code == 130 and "Traceback" not in log, log
+    ended = MlflowClient(uri).get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and ended.data.tags["outcome"] == "interrupted"

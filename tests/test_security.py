@@ -467,12 +467,12 @@ def test_a_trial_that_cannot_be_built_fails_the_plan(tmp_path):
     path = write_yaml(tmp_path / "tiny.yaml", """\
         study_name: tiny
         space:
-          optimizer.momentum: choice(0.0, -0.5)
+          optimizer.nesterov: choice(false, true)
         sampler: grid
         """)
     sweep = spec.load_sweep(str(path), [])
-    with pytest.raises(UserError, match=r"The trial \{'optimizer.momentum': -0.5\}: it cannot "
-                                        r"be built: .*Invalid momentum value: -0.5"):
+    with pytest.raises(UserError, match=r"The trial \{'optimizer.nesterov': True\}: it cannot "
+                                        r"be built: .*Nesterov momentum requires a momentum"):
         spec.check_space(sweep, QUICK, spec.parse_space(sweep.space))
 
 

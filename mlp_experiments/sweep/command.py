@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from mlp_experiments import cli
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.schemas import register_configs
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep import stages
@@ -251,11 +251,12 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
 
 def main(arguments: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop_on_signals()
     try:
         run_sweep(sys.argv[1:] if arguments is None else arguments)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted: run the same command again to resume the study (the interrupted "
               "trial continues from its checkpoint)", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(interrupted_exit_code(stop)) from None

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_experiments import cluster
 from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.errors import Terminated, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.spec import (
     SEED_KEY,
@@ -169,6 +170,9 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
 
     torch.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs a trial stopped by Ctrl-C or SIGTERM with the traceback of the interruption;
+    # the command says it in one line (the record comes from the module's own logger).
+    logging.getLogger("optuna.study._optimize").addFilter(not_an_interruption)
     distributions = parse_space(sweep.space)
     study = open_study(sweep, distributions, tracking_uri)
     trainer = TrialTrainer(sweep, training, distributions, parent_run_id, deadline)
@@ -182,6 +186,10 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
         time.sleep(HEARTBEAT_S)
+
+
+def not_an_interruption(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
@@ -209,10 +217,11 @@ def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: Parent
     try:
         for worker in workers:
             worker.join()
-    except KeyboardInterrupt:  # Ctrl-C reached us alone (not the terminal's process group)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM reached us alone, not the workers
         for worker in workers:
             if worker.is_alive():
-                os.kill(worker.pid, signal.SIGINT)
+                os.kill(worker.pid, signal.SIGTERM if isinstance(stop, Terminated)
+                        else signal.SIGINT)
         for worker in workers:
             worker.join()
         raise
@@ -229,8 +238,10 @@ def run_worker(sweep_container: dict, training: list[str], parent_run_id: Parent
     arrives as plain data, its log lines say which worker wrote them."""
     register_configs()
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+    if cluster.slurm_job_id() is None:  # on Slurm, submitit handles the job's signals
+        stop_on_signals()
     sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
     try:
         work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stop:
+        raise SystemExit(interrupted_exit_code(stop)) from None
