@@ -52,8 +52,11 @@ def explain_unknown_key(message: str, cfg: DictConfig | None) -> str:
     if not isinstance(node, DictConfig):
         return message
     valid = [str(k) for k in node if not str(k).startswith("_")]
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    close = [f"{parent + '.' if parent else ''}{k}"
+             for k in difflib.get_close_matches(key, valid, n=1)]
+    if not parent and not close:  # a key of a section named without it: epochs, lr
+        close = [path for path in leaf_paths(cfg) if path.rsplit(".", 1)[-1] == key][:1]
+    hint = f" Did you mean '{close[0]}'?" if close else ""
     return (
         f"Unknown config key '{full_key}'.{hint}\n"
         f"Keys under '{parent or '<root>'}': {', '.join(valid)}"
@@ -66,3 +69,14 @@ def with_causes(error: BaseException) -> str:
         error = error.__cause__
         lines.append(str(error))
     return "\n".join(lines)
+
+
+def leaf_paths(cfg: DictConfig) -> list[str]:
+    """Every key of a config, dotted (`trainer.epochs`, `optimizer.lr`)."""
+
+    def walk(tree: dict, prefix: str) -> list[str]:
+        return [path for key, value in tree.items()
+                for path in (walk(value, f"{prefix}{key}.") if isinstance(value, dict)
+                             else [f"{prefix}{key}"])]
+
+    return walk(OmegaConf.to_container(cfg, resolve=False), "")

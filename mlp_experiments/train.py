@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import cluster, stores
@@ -257,9 +258,16 @@ def main(cfg: DictConfig) -> float:
                  cluster.restart_count())
         cfg.trainer.resume = True
     try:
-        return train(cfg).best(Task.of(cfg.data).objective)
+        result = train(cfg)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
+    if result.outcome == "diverged" and HydraConfig.get().mode == RunMode.RUN:
+        # A script or a Slurm job tells success by the exit code alone (a multirun goes on
+        # with its other jobs: Hydra's sweepers read the value, nan here).
+        raise SystemExit(f"error: the training diverged at epoch {len(result.history)} (a "
+                         f"non-finite training loss, recorded as outcome diverged): lower "
+                         f"optimizer.lr, or add a penalty or a schedule.")
+    return result.best(Task.of(cfg.data).objective)
 
 
 def cli() -> None:

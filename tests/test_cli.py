@@ -274,3 +274,44 @@ def test_mlp_train_finds_its_config_and_takes_hydras_flags(tmp_path):
     typo = run(str(BIN / "mlp-train"), "trainer.epochz=3", cwd=tmp_path)
     assert typo.returncode == 1 and "Did you mean 'trainer.epochs'?" in typo.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("override", "nearest"), [
+    ("optimiser=adam", "Did you mean 'optimizer'?"),
+    ("regularisation=dropout", "Did you mean 'regularization'?"),
+    ("epochs=3", "Did you mean 'trainer.epochs'?"),
+    ("lr=0.01", "Did you mean 'optimizer.lr'?"),
+])
+def test_a_top_level_typo_names_the_nearest_key_not_hydras_append_advice(override, nearest):
+    from mlp_experiments.config.compose import check_overrides
+
+    with pytest.raises(UserError) as error:
+        check_overrides([override])
+    assert nearest in str(error.value) and "+" not in str(error.value)
+
+
+def test_a_sweep_setting_without_its_prefix_names_the_sweep_key():
+    from mlp_experiments.sweep import spec
+
+    with pytest.raises(UserError, match=r"n_trials=4: n_trials is a sweep setting: "
+                                        r"sweep.n_trials=4"):
+        spec.split_arguments(["sweep=search_mlp", "n_trials=4"])
+
+
+def test_a_diverged_run_exits_non_zero_and_a_multirun_goes_on(tmp_path):
+    """A script or a Slurm job tells success by the exit code: a diverged run is a failure;
+    in a multirun the other jobs still run (Hydra's sweepers read its nan)."""
+    import subprocess
+    import sys
+
+    quick = ["data=synthetic", "tracking=none", "trainer.epochs=2", "trainer.device=cpu"]
+    run = subprocess.run([sys.executable, "-m", "mlp_experiments.train", *quick,
+                          "optimizer.lr=1e12"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "error: the training diverged at epoch 1" in run.stderr
+    multirun = subprocess.run([sys.executable, "-m", "mlp_experiments.train", "-m", *quick,
+                               "optimizer.lr=1e12,0.1"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+    assert multirun.returncode == 0, multirun.stderr
+    assert "completed after 2 epochs" in multirun.stdout + multirun.stderr

@@ -94,7 +94,7 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
     try:
         cfg = compose_config(overrides, *where, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
-        groups = [o for o in overrides if "=" in o and "." not in o.split("=")[0]]
+        groups = [o for o in overrides if o.split("=")[0] in CONFIG_GROUPS]
         try:
             base = compose_config(groups, *where)
         except (HydraException, OmegaConfBaseException):

@@ -104,6 +104,9 @@ def split_arguments(arguments: list[str]) -> tuple[str, list[str], list[str]]:
             name = str(override.value())
         elif key.startswith("sweep."):
             sweep_overrides.append(f"{key.removeprefix('sweep.')}={json.dumps(override.value())}")
+        elif key.split(".")[0] in SweepConfig.__dataclass_fields__:
+            raise UserError(f"{argument}: {key} is a sweep setting: sweep.{argument} "
+                            f"(mlp-sweep --help lists them).")
         else:
             training.append(argument)
     if name is None:
