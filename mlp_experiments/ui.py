@@ -98,6 +98,27 @@ def stop(processes: list[subprocess.Popen]) -> None:
             os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
 
 
+# Outlives a SIGKILLed mlp-ui (which runs no handler) just long enough to kill its servers'
+# process groups; in a session of its own, so that the terminal's Ctrl-C does not reach it.
+REAPER = """
+import os, signal, sys, time
+parent, groups = int(sys.argv[1]), [int(group) for group in sys.argv[2:]]
+while os.getppid() == parent:
+    time.sleep(0.5)
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+
+
+def start_reaper(processes: list[subprocess.Popen]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", REAPER, str(os.getpid()),
+                             *(str(process.pid) for process in processes)],
+                            start_new_session=True)
+
+
 def serve(cfg: DictConfig) -> None:
     ui = cfg.ui
     for option in ("port", "dashboard_port"):
@@ -114,6 +135,7 @@ def serve(cfg: DictConfig) -> None:
     try:
         for _, command, _ in servers:
             processes.append(subprocess.Popen(command, start_new_session=True))
+        start_reaper(processes)
         for name, _, address in servers:
             print(f"{name}: {address}", flush=True)
         if len(servers) == 1:

@@ -432,3 +432,26 @@ def test_ctrl_c_while_another_process_locks_the_store_ends_the_run_killed_not_fi
     assert code == 130 and "Traceback" not in log, log
     ended = MlflowClient(uri).get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and ended.data.tags["outcome"] == "interrupted"
+
+
+def test_the_servers_of_a_sigkilled_mlp_ui_die_with_it_and_free_their_ports(tmp_path):
+    import psutil
+    from conftest import answers, two_free_ports
+
+    port, dashboard_port = two_free_ports()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    ui = start([sys.executable, "-m", "mlp_experiments.ui", f"ui.port={port}",
+                f"ui.dashboard_port={dashboard_port}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"ui.storage=sqlite:///{tmp_path / 'optuna.db'}"], tmp_path, "ui.log")
+    urls = (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{dashboard_port}/")
+    wait_for(lambda: all(answers(url) for url in urls) or ui.poll() is not None, every=1)
+    assert ui.poll() is None, (tmp_path / "ui.log").read_text()
+    servers = [child for child in psutil.Process(ui.pid).children(recursive=True)]
+    groups = {os.getpgid(child.pid) for child in servers} - {os.getpgid(ui.pid)}
+    assert len(groups) >= 2  # MLflow's and the dashboard's process groups
+    ui.send_signal(signal.SIGKILL)
+    ui.wait()
+    wait_for(lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                             for child in servers), timeout=60)
+    assert not any(answers(url) for url in urls)
