@@ -319,7 +319,7 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
     markdown = write_report(study, tmp_sweep, tmp_path).read_text()
     assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
     assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
-    assert ("The same configuration as a preset: `mlp-train "
+    assert ("The same configuration as a preset: `uv run mlp-train "
             "-cd outputs/presets experiment=best/pytest_tmp_study`.") in markdown
     assert "Optuna's best trial 8, which diverged" in markdown
 

@@ -322,7 +322,7 @@ def test_the_best_trial_is_written_under_the_working_directory_as_a_preset_that_
     assert shipped.read_bytes() == shipped_before
     path = workdir / "outputs" / "presets" / "experiment" / "best" / "search_mlp.yaml"
     assert path.read_text().startswith("# @package _global_")
-    command = "mlp-train -cd outputs/presets experiment=best/search_mlp"
+    command = "uv run mlp-train -cd outputs/presets experiment=best/search_mlp"
     assert f"train it: {command}" in capsys.readouterr().out
     assert command in path.read_text()
     logged = MlflowClient(tracking_uri).download_artifacts(

@@ -226,6 +226,24 @@ def comparison_section(study, sweep: DictConfig, metric: str, folder: Path) -> l
     return lines
 
 
+def comparison_summary(study, sweep: DictConfig) -> list[str]:
+    """What a comparison found, for the terminal: each variant's mean test score with its
+    interval, then the verdicts (the report's sentences)."""
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    task = task_of(finished(study))
+    variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
+    measured = [v for v in variants if v.trials]
+    lines = [f"  {v.name}: test {task.score_label} {number(v.test(task).mean)}, 95% CI "
+             f"{interval(v.test(task))}, {len(v.trials)} seeds" for v in measured]
+    if len(measured) >= 2:
+        verdicts = race_verdicts(stages.race_state(sweep, study), stages.race_settings(sweep),
+                                 task) if stages.is_staged(sweep) \
+            else fixed_verdicts(measured, task)
+        lines += [f"  {line.removeprefix('- ')}" for line in verdicts
+                  if line and not line.startswith("(")]
+    return [line.replace("`", "") for line in lines]
+
+
 def importance_problem(study) -> str | None:
     """Why parameter importances cannot be computed, or None when they can."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

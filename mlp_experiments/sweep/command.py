@@ -9,6 +9,7 @@ have finished in total; `sweep.n_workers=K` runs K worker processes on the same 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_sig
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep import stages
-from mlp_experiments.sweep.presets import publish_best_preset
+from mlp_experiments.sweep.presets import best_preset_command, publish_best_preset
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
@@ -138,7 +139,29 @@ def run_sweep(arguments: list[str]):
             f"Every trial of study {sweep.study_name} failed ({len(ended)}): the errors are "
             f"in the output above and in each trial's MLflow run."
         )
+    print_summary(study, sweep, kind, name)
     return study
+
+
+def print_summary(study, sweep: DictConfig, kind: str, name: str) -> None:
+    """What the study found and the commands to type next."""
+    from optuna.trial import TrialState
+
+    from mlp_experiments.report.markdown import comparison_summary
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return
+    lines = [f"study {sweep.study_name}: {len(ended_trials(study))} trials ended"]
+    if kind == "comparison":
+        lines += comparison_summary(study, sweep)
+    else:
+        best = study.best_trial
+        values = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in best.params.items())
+        lines += [f"  best: trial {best.number}, {sweep.metric} {best.value:.4f}  {values}",
+                  f"  train it: {best_preset_command(sweep.study_name)}"]
+    lines.append(f"  report: uv run mlp-report sweep={name}")
+    print("\n".join(lines), flush=True)
 
 
 def check_staged(sweep: DictConfig, training: list[str]) -> DictConfig:
@@ -251,6 +274,8 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
 
 def main(arguments: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The figures of the best trials are drawn from their records after the study: no bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     stop_on_signals()
     try:
         run_sweep(sys.argv[1:] if arguments is None else arguments)

@@ -27,7 +27,7 @@ def best_preset_path(study_name: str) -> Path:
 
 
 def best_preset_command(study_name: str) -> str:
-    return (f"mlp-train -cd {PRESETS_DIR} "
+    return (f"uv run mlp-train -cd {PRESETS_DIR} "
             f"experiment={best_preset_name(study_name)}")
 
 
@@ -77,6 +77,4 @@ def publish_best_preset(study, sweep: DictConfig, kind: str) -> Path | None:
     if kind != "search" or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     preset = write_best_preset(study, sweep)
-    print(f"best configuration: {preset}\ntrain it: {best_preset_command(sweep.study_name)}",
-          flush=True)
     return preset

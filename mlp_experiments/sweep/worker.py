@@ -51,6 +51,7 @@ class TrialTrainer:
         self.distributions, self.parent_run_id = distributions, parent_run_id
         self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
         self.release_budget = lambda: None
+        self.n_trials = budget(sweep, distributions)
         self.composed: dict[tuple[str, ...], DictConfig] = {}  # per choice of config groups
 
     def __call__(self, trial) -> float:
@@ -66,8 +67,14 @@ class TrialTrainer:
             params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
             composed, values = trial_overrides(self.sweep, self.training, params)
             trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
-            return self.train(trial, self.config(composed, values), params)
+            log.info("trial %d/%d  %s", trial.number, self.n_trials, describe(params))
+            value = self.train(trial, self.config(composed, values), params)
+            log.info("trial %d %s: %s %.4f", trial.number, trial.user_attrs["outcome"],
+                     self.sweep.metric, value)
+            return value
         except optuna.TrialPruned:
+            log.info("trial %d %s after epoch %d", trial.number, trial.user_attrs["outcome"],
+                     len(trial.user_attrs["history"]))
             raise
         except (KeyboardInterrupt, SystemExit) as stop:
             # Ctrl-C, or submitit's exit once it had Slurm requeue the job (a time limit, a
@@ -151,6 +158,12 @@ class TrialTrainer:
             if earlier.user_attrs.get("config_hash") == run_hash:
                 return earlier
         return None
+
+
+def describe(params: dict[str, Any]) -> str:
+    """`variant=adam trainer.seed=1`, or a search's sampled values."""
+    return "  ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in params.items())
 
 
 def resumed_trial(trial) -> int | None:
