@@ -10,6 +10,7 @@ per-class accuracy table to `<evaluate.out_dir>/<run_id>/`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -51,6 +52,9 @@ COMMAND = cli.Command(
     "against the one it logged.", EvaluateKeys,
     renamed={"run_id": "evaluate.run_id", "out": "evaluate.out_dir"},
 )
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4().hex
 
 
 def check_store(uri: str) -> None:
@@ -186,11 +190,14 @@ def write_report(folder: Path, labels: np.ndarray, predictions: np.ndarray, clas
 
 def evaluate(run_id: str, tracking_uri: str, out: Path) -> dict[str, float]:
     """Accuracy of the reloaded network against the run's logged test accuracy."""
+    if not RUN_ID.fullmatch(run_id):  # answered before MLflow is imported (seconds)
+        raise UserError(f"evaluate.run_id={run_id}: an MLflow run id is 32 hexadecimal digits "
+                        f"(the MLflow UI shows it on the run page).")
+    check_store(tracking_uri)
     import mlflow
 
     from mlp_experiments import data
 
-    check_store(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         cfg = run_config(client, run_id, folder)

@@ -201,10 +201,15 @@ def test_a_config_yaml_that_builds_other_objects_is_refused(log_run, tracking_ur
     assert not marker.exists()
 
 
+UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"  # the form of a run id, of no run
+
+
 def test_an_unknown_run_and_a_run_without_weights_are_explained(synthetic_cfg, tracking_uri,
                                                                 request, tmp_path):
-    with pytest.raises(UserError, match="No MLflow run 0123abc"):
-        evaluate.evaluate("0123abc", tracking_uri, tmp_path)
+    with pytest.raises(UserError, match="an MLflow run id is 32 hexadecimal digits"):
+        evaluate.evaluate("0123abc", tracking_uri, tmp_path)  # answered before MLflow loads
+    with pytest.raises(UserError, match=f"No MLflow run {UNKNOWN_RUN}"):
+        evaluate.evaluate(UNKNOWN_RUN, tracking_uri, tmp_path)
     def crash(epoch, metrics):
         raise RuntimeError("the machine fell over")
 
@@ -218,7 +223,7 @@ def test_an_unknown_run_and_a_run_without_weights_are_explained(synthetic_cfg, t
 
 def test_a_missing_store_is_reported_not_created(workdir):
     with pytest.raises(UserError, match=r"No MLflow store at sqlite:///mlflow.db: pass"):
-        evaluate.evaluate("0123abc", "sqlite:///mlflow.db", workdir / "out")
+        evaluate.evaluate(UNKNOWN_RUN, "sqlite:///mlflow.db", workdir / "out")
     assert list(workdir.iterdir()) == []
     with pytest.raises(UserError, match="is unreachable"):
-        evaluate.evaluate("0123abc", f"http://127.0.0.1:{free_port()}", workdir / "out")
+        evaluate.evaluate(UNKNOWN_RUN, f"http://127.0.0.1:{free_port()}", workdir / "out")

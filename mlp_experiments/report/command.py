@@ -3,10 +3,11 @@
 Writes a Markdown report of the Optuna study that `mlp-sweep` ran, with its figures, to
 `DIR/<study_name>/report.md` (DIR defaults to `outputs/reports` under the working directory),
 and logs the folder to the study's MLflow parent run (its `tracking.uri`, from the sweep file and
-the training overrides). A comparison (named variants
-x seeds) gets per-variant means with 95% confidence intervals and Welch t-tests that say which
-differences exceed the seed-to-seed noise; a search gets its top trials, parameter importances
-and the best configuration as a command.
+the training overrides). A comparison (named variants x seeds) gets per-variant means with 95%
+confidence intervals and paired t-tests (Holm over the report's contrasts, or the race's
+verdicts) that say which differences exceed the seed-to-seed noise; a search gets its top
+trials, parameter importances and the best configuration as a command. MLflow, Optuna and
+matplotlib are imported after the arguments are checked: a mistake is answered at once.
 `summarise_in_mlflow` is what the sweep command calls when a study ends.
 """
 
@@ -17,16 +18,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-import optuna
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 
 from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
-from mlp_experiments.report.markdown import write_report
 from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep.spec import (
     SweepConfig,
@@ -69,6 +66,11 @@ def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
                         parent_run_id: str, preset: Path | None = None) -> None:
     """Log the report, `trials.csv`, the best value and the best configuration's preset (the
     file the sweep wrote, when it wrote one) to the study's MLflow parent run."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    from mlp_experiments.report.markdown import write_report
+
     client = mlflow.MlflowClient(tracking_cfg.uri)
     metric = study.user_attrs.get("metric", sweep.metric)
     with tempfile.TemporaryDirectory() as temporary:
@@ -87,6 +89,8 @@ def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
 
 
 def load_existing_study(sweep: DictConfig, name: str):
+    import optuna
+
     url = storage_url(sweep)
     missing = UserError(
         f"No study '{sweep.study_name}' in {url}: run `mlp-sweep "
@@ -108,6 +112,8 @@ def run_report(arguments: list[str]) -> Path:
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
     study = load_existing_study(sweep, name)
+    from mlp_experiments.report.markdown import write_report  # matplotlib: after the checks
+
     path = write_report(study, sweep, out / sweep.study_name)
     print(path)
     parent_run_id = study.user_attrs.get("mlflow_parent_run_id")
@@ -119,6 +125,8 @@ def run_report(arguments: list[str]) -> Path:
 
 
 def log_report(uri: str, run_id: str, folder: Path) -> None:
+    import mlflow
+
     try:
         mlflow.MlflowClient(uri).log_artifacts(run_id, str(folder), "report")
     except mlflow.exceptions.MlflowException as error:
