@@ -35,7 +35,7 @@ from mlp_experiments.stores import check_server, git_commit, sqlite_lock
 # What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
                  "timeout": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
-                 "crashed": "FAILED"}
+                 "crashed": "FAILED", "worker_lost": "FAILED"}
 # How long a call to a tracking server is retried before the run stops (urllib3 backoff:
 # 0, 2, 4, 8, 16 s, each attempt timing out after 15 s): about half a minute when the server
 # is down, not MLflow's default of minutes. Set the variables to choose another budget.
@@ -318,6 +318,15 @@ def study_parent_run(cfg: DictConfig, study, sweep: DictConfig) -> str:
     client.set_terminated(run.info.run_id)
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
     return run.info.run_id
+
+
+def end_if_running(uri: str, run_id: str, outcome: str) -> None:
+    """Close a sweep trial's run that its training did not close: its worker died, or was
+    stopped before its training opened the run."""
+    client = mlflow.MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "outcome", outcome)
+        client.set_terminated(run_id, MLFLOW_STATUS[outcome])
 
 
 def nested_run(cfg: DictConfig, study, name: str, parent_run_id: str) -> str:

@@ -149,7 +149,8 @@ def test_a_tuned_comparison_killed_in_each_stage_resumes_to_a_complete_record(tm
     assert "race after" in result.stdout
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = spec.load_sweep(str(sweep_file(tmp_path)), [f"storage={json_string(url)}"])
+    sweep = spec.load_sweep(str(sweep_file(tmp_path)), [f"storage={json_string(url)}",
+                                                        "tune.n_trials=2", "race.max_seeds=2"])
     for variant, study in stages.tuning_studies(sweep).items():
         ended = [t for t in study.trials if t.state != TrialState.FAIL or
                  t.user_attrs.get("outcome")]  # a killed trial was failed and run again

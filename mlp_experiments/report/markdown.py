@@ -132,14 +132,17 @@ def race_verdicts(state, settings, task: Task) -> list[str]:
             f"contention, from {settings.min_seeds} to at most {settings.max_seeds} each. After "
             f"each round every pair in contention was compared by a paired t-test over the "
             f"seeds both ran, Holm-corrected over the pairs, at a level that spends "
-            f"alpha = {settings.alpha} over the looks (Pocock-type alpha spending), so the "
+            f"alpha = {settings.alpha} over the looks (alpha spending as alpha * t^2), so the "
             f"chance of any false \"beats\" stays at {settings.alpha:.0%}; a pair whose "
             f"difference two one-sided tests place within ±{settings.margin} is practically "
-            f"the same. A beaten variant ran no more seeds. benchmarks/racing.py measures "
-            f"these rates on simulated comparisons.)"]
+            f"the same. A beaten or practically-the-same variant ran no more seeds. "
+            f"benchmarks/racing.py measures these rates on simulated comparisons.)"]
 
 
 def race_sentence(leader: str, name: str, verdict, settings, task: Task) -> str:
+    """`name` against the leader it was judged against (an earlier leader, for a variant that
+    left the race before the lead changed)."""
+    leader = verdict.against or leader
     unit = "points of test accuracy" if not task.regression else "in test RMSE"
     equivalence, contrast = verdict.equivalence, verdict.contrast
     if equivalence is None:

@@ -52,13 +52,10 @@ class LostTrial:
 
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.tracking_uri and run_id:
-            from mlflow import MlflowClient
+            from mlp_experiments import recorder
 
-            client = MlflowClient(self.tracking_uri)
             # A worker killed after its run ended (before Optuna heard) left it true already.
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "outcome", "worker_lost")
-                client.set_terminated(run_id, "FAILED")
+            recorder.end_if_running(self.tracking_uri, run_id, "worker_lost")
         # Optuna's retry copies the trial's user attributes: mark which trial it takes over.
         marked = copy.copy(trial)
         marked.user_attrs = {**trial.user_attrs, "resumes": trial.number}

@@ -46,8 +46,8 @@ class TrialTrainer:
     the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
 
     def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
-                 parent_run_id: ParentRun, deadline: float | None):
-        self.sweep, self.training = sweep, training
+                 parent_run_id: ParentRun, tracking_uri: str | None, deadline: float | None):
+        self.sweep, self.training, self.tracking_uri = sweep, training, tracking_uri
         self.distributions, self.parent_run_id = distributions, parent_run_id
         self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
         self.release_budget = lambda: None
@@ -80,6 +80,11 @@ class TrialTrainer:
             # Ctrl-C, or submitit's exit once it had Slurm requeue the job (a time limit, a
             # preemption). Queued again: the next worker resumes it from its checkpoint.
             trial.set_user_attr("outcome", "interrupted")
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id:  # stopped before its training opened the run, or while it closed it
+                from mlp_experiments import recorder
+
+                recorder.end_if_running(self.tracking_uri, run_id, "interrupted")
             trial.study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
             if isinstance(stop, SystemExit):  # Optuna records only a KeyboardInterrupt's trial
                 trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -188,7 +193,8 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
     logging.getLogger("optuna.study._optimize").addFilter(not_an_interruption)
     distributions = parse_space(sweep.space)
     study = open_study(sweep, distributions, tracking_uri)
-    trainer = TrialTrainer(sweep, training, distributions, parent_run_id, deadline)
+    trainer = TrialTrainer(sweep, training, distributions, parent_run_id, tracking_uri,
+                           deadline)
     n_trials = budget(sweep, distributions)
     while not past(deadline):
         with budget_lock(storage_url(sweep), sweep.study_name) as release:
