@@ -25,7 +25,7 @@ from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.checks import model_shape, validate
 from mlp_experiments.config.choices import DatasetName
-from mlp_experiments.config.schemas import SCHEMAS, data_schema, register_configs
+from mlp_experiments.config.registry import SCHEMAS, data_schema, register_configs
 from mlp_experiments.errors import UserError
 
 # A config.yaml from a tracking store is input: only our own model classes are built from it.

@@ -31,7 +31,7 @@ from mlp_experiments.config.compose import (
     group_dirs,
 )
 from mlp_experiments.config.identity import config_hash
-from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task

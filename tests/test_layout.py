@@ -57,7 +57,8 @@ def test_only_the_sweep_command_calls_the_report():
     callers = {name for name, imported in GRAPH.items()
                if name.startswith("mlp_experiments.sweep")
                and any(other.startswith("mlp_experiments.report") for other in imported)}
-    assert callers == {"mlp_experiments.sweep.command"}
+    # ... and the staged comparison, which asks the race which runs to queue next.
+    assert callers == {"mlp_experiments.sweep.command", "mlp_experiments.sweep.stages"}
 
 
 def test_the_config_checks_import_nothing_heavy_of_ours():

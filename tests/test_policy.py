@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from mlp_experiments import losses, models
 from mlp_experiments.config import policy
 from mlp_experiments.config.compose import check_command_line, check_overrides, compose_config
-from mlp_experiments.config.schemas import SCHEMAS, TARGET_SCHEMAS
+from mlp_experiments.config.registry import SCHEMAS, TARGET_SCHEMAS
 from mlp_experiments.errors import UserError
 from mlp_experiments.optim import ScratchSGD
 

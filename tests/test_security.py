@@ -223,7 +223,7 @@ def test_a_logging_factory_reached_through_a_node_interpolation_is_not_run(tmp_p
     ("handlers: {h: {class: logging.StreamHandler, '.': {x: 1}}}", "handlers.h: . is not allowed"),
 ])
 def test_logging_configs_build_only_the_allowed_classes(entry, message):
-    from mlp_experiments.config.policy import check_logging
+    from mlp_experiments.config.hydra_node import check_logging
     from mlp_experiments.errors import UserError
 
     with pytest.raises(UserError) as error:

@@ -11,14 +11,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mlp_experiments.config import policy
 from mlp_experiments.config.choices import DatasetName
-from mlp_experiments.config.schemas import (
-    TARGET_SCHEMAS,
-    LossConfig,
-    MLPConfig,
-    ModelConfig,
-    Range,
-    ranges,
-)
+from mlp_experiments.config.ranges import Range, ranges
+from mlp_experiments.config.registry import TARGET_SCHEMAS
+from mlp_experiments.config.schemas import LossConfig, MLPConfig, ModelConfig
 from mlp_experiments.errors import UserError
 from mlp_experiments.task import Task
 
@@ -95,7 +90,7 @@ def check_values(cfg: DictConfig) -> None:
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """Every numeric setting in the range its schema states (schemas.ranged), a list's
+    """Every numeric setting in the range its schema states (ranges.ranged), a list's
     element by element."""
     for section, schema in policy.section_schemas(cfg).items():
         for name, allowed in ranges(schema).items():

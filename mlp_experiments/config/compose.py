@@ -10,9 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from mlp_experiments.config import policy
+from mlp_experiments.config import hydra_node
 from mlp_experiments.config.checks import validate
-from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import UserError, explain_unknown_key, with_causes
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -90,7 +90,7 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    policy.check_hydra_overrides(overrides)
+    hydra_node.check_hydra_overrides(overrides)
     try:
         cfg = compose_config(overrides, *where, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
@@ -100,7 +100,7 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
         except (HydraException, OmegaConfBaseException):
             base = None
         raise UserError(explain_unknown_key(with_causes(error), base)) from None
-    policy.check_hydra_config(cfg)
+    hydra_node.check_hydra_config(cfg)
     check_no_credentials(cfg)
     hydra = cfg.hydra
     with open_dict(cfg):

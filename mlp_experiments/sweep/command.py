@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from mlp_experiments import cli
 from mlp_experiments.config.compose import compose_config
-from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path

@@ -22,7 +22,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.compose import compose_config
-from mlp_experiments.config.policy import check_launcher_settings
+from mlp_experiments.config.hydra_node import check_launcher_settings
 from mlp_experiments.errors import UserError
 from mlp_experiments.sweep.study import ended_trials
 from mlp_experiments.sweep.worker import ParentRun

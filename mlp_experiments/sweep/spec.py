@@ -18,33 +18,17 @@ from mlp_experiments.errors import UserError
 from mlp_experiments.task import Task
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
-
-
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-
-
+STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
 # Keys whose sensible values span orders of magnitude: a linear search wastes most trials.
 LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization.l2_penalty",
                   "regularization.l1_penalty"}
-
-
-# A study's name names files and folders (docs/<study>/, conf/experiment/<study>_best.yaml).
+# A study's name names files and folders (docs/<study>/, outputs/presets/.../<study>.yaml).
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
 DIRECTIONS = ("maximize", "minimize")
-
-
-SEED_KEY = "trainer.seed"  # a comparison's runs of one seed are paired across its variants
-
-
 SAMPLERS = ("tpe", "random", "grid")
-
-
 LAUNCHERS = ("local", "slurm")
-
-
-STORAGE_SCHEME = re.compile(r"(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://")
+SEED_KEY = "trainer.seed"  # a comparison's runs of one seed are paired across its variants
 
 
 @dataclass

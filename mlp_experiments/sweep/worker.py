@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments import cluster
 from mlp_experiments.config.compose import compose_config, with_values
-from mlp_experiments.config.schemas import register_configs
+from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import Terminated, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.spec import (
