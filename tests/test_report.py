@@ -10,6 +10,7 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats as scipy_stats
 
 from mlp_experiments.report import command, stats, trials
+from mlp_experiments.report.cost import cost_lines
 from mlp_experiments.report.markdown import importances_section, interval, write_report
 from mlp_experiments.sweep.presets import write_best_preset
 from mlp_experiments.sweep.spec import SweepConfig, load_sweep
@@ -277,7 +278,7 @@ def search_study(values=(0.81, 0.86, 0.79, 0.90, 0.84, 0.83), name=None, storage
         overrides = ["data=synthetic", *(f"{k}={v}" for k, v in params.items())]
         add(study, value=value, params=params, distributions=SEARCH_DISTRIBUTIONS,
             hist=history([value - 0.01, value], value - 0.02), outcome="completed",
-            overrides=overrides)
+            overrides=overrides, cpu_s=30.0)
     add(study, TrialState.PRUNED, params={"optimizer.lr": 0.5, "model.dropout": 0.1,
                                           "model.hidden_sizes": "[256]"},
         distributions=SEARCH_DISTRIBUTIONS, hist=history([0.3, 0.4], 0.4), outcome="pruned")
@@ -294,7 +295,8 @@ def test_search_report(tmp_path):
     assert lines[top + 4].endswith("| 0.8800 |")  # test accuracy of its last epoch
     assert lines[top + 9].startswith("| 6 | 2 | 0.7900 |")
     assert "7 trials: 6 complete, 1 pruned." in markdown
-    assert "Epochs trained in total: 14." in markdown
+    # The pruned trial recorded no CPU time (trials before cpu_s was recorded did not either).
+    assert lines[-1] == "7 trials, 14 epochs, 3 CPU-minutes (over the 6 trials that recorded it)."
     assert ("uv run mlp-train data=synthetic optimizer.lr=0.08 "
             "model.dropout=0.15000000000000002 'model.hidden_sizes=[512,256]'") in markdown
     assert "0.8800 (measured after the search, not used to choose it)" in markdown
@@ -318,7 +320,9 @@ def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, t
     write_best_preset(study, tmp_sweep)  # from Optuna's best trial: the diverged one
     markdown = write_report(study, tmp_sweep, tmp_path).read_text()
     assert "| 1 | 3 | 0.9000 |" in markdown and "| 2 | 7 (reuses 3) | 0.9000 |" in markdown
-    assert "Epochs trained in total: 16." in markdown  # the reused trial trained nothing
+    # The reused trial trained nothing: 8 trials; the diverged one recorded no CPU time.
+    assert markdown.splitlines()[-1] == ("8 trials, 16 epochs, 3 CPU-minutes (over the 6 "
+                                         "trials that recorded it).")
     assert ("The same configuration as a preset: `uv run mlp-train "
             "-cd outputs/presets experiment=best/pytest_tmp_study`.") in markdown
     assert "Optuna's best trial 8, which diverged" in markdown
@@ -461,3 +465,17 @@ def test_summarise_in_mlflow_without_completed_trials(tracking_uri, parent_run, 
                                OmegaConf.create({"uri": tracking_uri}), run_id)
     assert {a.path for a in client.list_artifacts(run_id)} == {"report", "trials.csv"}
     assert client.get_run(run_id).data.metrics == {}
+
+
+def test_a_tuned_comparison_costs_its_tuning_and_its_evaluation_together():
+    tuning = {"sgd": search_study(), "adam": None}  # adam's tuning study not created yet
+    evaluation = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        add(evaluation, value=0.8, hist=history([0.8] * 3, 0.8), outcome="completed",
+            cpu_s=60.0)
+    add(evaluation, TrialState.RUNNING, hist=history([0.8], 0.8))  # not ended: not counted
+    assert cost_lines(evaluation, tuning) == [
+        "## Cost", "",
+        "- tuning: 7 trials, 14 epochs, 3 CPU-minutes (over the 6 trials that recorded it)",
+        "- evaluation: 2 trials, 6 epochs, 2 CPU-minutes",
+        "- in all: 9 trials, 20 epochs, 5 CPU-minutes (over the 8 trials that recorded it)"]

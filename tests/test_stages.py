@@ -3,6 +3,7 @@ judged on fresh seeds handed out by the race; bad settings refused before any tr
 comparison killed in each stage resumes to a complete, consistent record."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,6 +202,14 @@ def test_a_tuned_comparison_killed_in_each_stage_resumes_to_a_complete_record(tm
                 "same": f"`{state.leader}` and `{other}` are practically the same",
                 "racing": f"`{state.leader}` against `{other}` is undecided"}
     assert expected[state.verdicts[other].status] in text
+    # Its cost: the 4 tuning trials that ended on their own (a killed one's retry among them) and
+    # the race's runs, each with the CPU time it recorded.
+    tuning = re.search(r"^- tuning: 4 trials, (\d+) epochs, ([\d.]+) CPU-minutes$", text, re.M)
+    evaluation = re.search(rf"^- evaluation: {len(judged)} trials, (\d+) epochs, ([\d.]+) "
+                           rf"CPU-minutes$", text, re.M)
+    assert tuning and evaluation, text
+    assert int(evaluation[1]) == 2 * len(judged) and float(evaluation[2]) > 0  # 2 epochs each
+    assert "  cost: " in result.stdout
 
 
 def json_string(value: str) -> str:

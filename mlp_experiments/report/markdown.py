@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from mlp_experiments.report.cost import cost_lines
 from mlp_experiments.report.figures import (
     curves_figure,
     save,
@@ -161,10 +162,12 @@ def race_sentence(leader: str, name: str, verdict, settings, task: Task) -> str:
     return f"`{leader}` against `{name}` is undecided ({size}).{more}"
 
 
-def tuning_section(sweep: DictConfig, metric: str, folder: Path, maximize: bool) -> list[str]:
-    """What tuning chose for each variant, on how many trials, and how much it mattered."""
+def tuning_section(tuning: dict, sweep: DictConfig, metric: str, folder: Path,
+                   maximize: bool) -> list[str]:
+    """What tuning chose for each variant (`tuning`: its tuning study), on how many trials, and
+    how much it mattered."""
     curves, rows = {}, []
-    for variant, study in stages.tuning_studies(sweep).items():
+    for variant, study in tuning.items():
         completed = finished(study) if study else []
         values = [t.value for t in best_first(completed, lambda t: t.value, maximize)]
         if not values:
@@ -314,12 +317,9 @@ def search_section(study, sweep: DictConfig, metric: str, folder: Path,
     completed = finished(study)
     task = task_of(completed)
     top = best_first(completed, lambda t: t.value, maximize)[:TOP_TRIALS]
-    epochs = sum(len(t.user_attrs.get("history", [])) for t in study.get_trials(deepcopy=False)
-                 if "reused_from" not in t.user_attrs)
-    lines = [f"Epochs trained in total: {epochs}.", ""]
     if not top:
-        return [*lines, "No trial completed: no ranking, no best configuration."]
-    lines += [f"## Top {len(top)} trials", "",
+        return ["No trial completed: no ranking, no best configuration.", ""]
+    lines = [f"## Top {len(top)} trials", "",
               *top_trials_table(top, metric, task), "",
               *best_section(study, top[0], sweep, metric, task), "",
               *importances_section(study, metric, folder), ""]
@@ -345,13 +345,15 @@ def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False)
     lines = [f"# Study `{sweep.study_name}`", "",
              f"A {kind} that {study.direction.name.lower()}s `{metric}` (each trial's best "
              f"epoch). {len(trials)} trials: {status_counts(trials) or 'none yet'}.", ""]
+    tuning = stages.tuning_studies(sweep) if sweep.tune is not None else None
     if kind == "comparison":
-        if sweep.tune is not None:
+        if tuning is not None:
             maximize = study.direction == StudyDirection.MAXIMIZE
-            lines += tuning_section(sweep, metric, folder, maximize)
+            lines += tuning_section(tuning, sweep, metric, folder, maximize)
         lines += comparison_section(study, sweep, metric, folder)
     else:
         lines += search_section(study, sweep, metric, folder, detailed)
+    lines += ["", *cost_lines(study, tuning)]
     path = folder / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

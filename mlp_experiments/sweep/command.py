@@ -147,6 +147,7 @@ def print_summary(study, sweep: DictConfig, kind: str, name: str) -> None:
     """What the study found and the commands to type next."""
     from optuna.trial import TrialState
 
+    from mlp_experiments.report.cost import total_cost
     from mlp_experiments.report.markdown import comparison_summary
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -160,6 +161,8 @@ def print_summary(study, sweep: DictConfig, kind: str, name: str) -> None:
                            for k, v in best.params.items())
         lines += [f"  best: trial {best.number}, {sweep.metric} {best.value:.4f}  {values}",
                   f"  train it: {best_preset_command(sweep.study_name)}"]
+    tuning = stages.tuning_studies(sweep) if sweep.tune is not None else None
+    lines.append(f"  cost: {total_cost(study, tuning).describe()}")
     lines.append(f"  report: uv run mlp-report sweep={name}")
     print("\n".join(lines), flush=True)
 

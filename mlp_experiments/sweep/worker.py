@@ -131,7 +131,9 @@ class TrialTrainer:
             if past(self.deadline):
                 raise engine.StopTraining("timeout")
 
+        cpu_started = time.process_time()
         result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash)
+        trial.set_user_attr("cpu_s", time.process_time() - cpu_started)
         if result.run_id != run_id:  # it had ended before (its lost worker finished it)
             trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("history", result.history)
