@@ -64,11 +64,22 @@ EDITS = {  # of TUNED, for what a command-line override cannot say (it merges in
     ("optimizer.lr=0.01", "is tuned, but the command line also set(s) it"),
     ("sweep.space={trainer.seed: 'range(0, 3)'}", "the race hands out the seeds"),
     ("sweep.tune.space={trainer.seed: 'range(0, 3)'}", "tuning runs on tune.seed alone"),
+    ("sweep.tune.variant_space={lasso: {optimizer.momentum: 'interval(0, 0.9)'}}",
+     "sweep.tune.variant_space: lasso is not a variant (variants: sgd, adam)"),
+    ("sweep.tune.variant_space={adam: {optimizer.lr: 'interval(1e-3, 1)'}}",
+     "sweep.tune.variant_space.adam: optimizer.lr is in tune.space already"),
+    ("sweep.tune.variant_space={adam: {trainer.seed: 'range(0, 3)'}}",
+     "sweep.tune.variant_space.adam.trainer.seed: tuning runs on tune.seed alone"),
+    (("sweep.tune.variant_space={sgd: {optimizer.momentum: 'interval(0, 0.9)'}}",
+      "sweep.variants.sgd=['optimizer=sgd','optimizer.momentum=0.5']"),
+     "sweep.tune.variant_space.sgd.optimizer.momentum is tuned, but sgd also set(s) it"),
+    (("sweep.tune.variant_space={sgd: {optimizer.momentum: 'interval(0, 0.9)'}}",
+      "optimizer.momentum=0.5"), "is tuned, but the command line also set(s) it"),
 ])
 def test_bad_stage_settings_are_refused_before_any_training(tmp_path, monkeypatch, argument,
                                                              message):
     monkeypatch.chdir(tmp_path)
-    text, overrides = TUNED, [argument]
+    text, overrides = TUNED, list(argument) if isinstance(argument, tuple) else [argument]
     if argument in EDITS:
         text, overrides = TUNED.replace(*EDITS[argument]), []
     path = sweep_file(tmp_path, text)
@@ -86,6 +97,16 @@ def test_evaluation_seeds_come_after_the_tuning_seed():
                                  n_trials=4, seed=11)
     seeds = stages.evaluation_seeds(sweep)
     assert seeds == list(range(12, 18)) and sweep.tune.seed not in seeds
+
+
+def test_a_variant_tunes_the_shared_space_and_its_own():
+    sweep = spec.load_sweep("compare_regularization_tuned", [])
+    spaces = {name: stages.tuning_sweep(sweep, name).space for name in sweep.variants}
+    assert set(spaces["none"]) == {"optimizer.lr"}
+    assert set(spaces["dropout"]) == {"optimizer.lr", "model.dropout"}
+    assert set(spaces["weight_decay"]) == {"optimizer.lr", "regularization.weight_decay"}
+    plan = "\n".join(stages.plan_lines(sweep))
+    assert "    model.dropout: interval(0.05, 0.8) (only dropout)" in plan
 
 
 def test_a_tuned_key_is_set_by_the_tuning_not_by_choosing_a_group():

@@ -180,9 +180,11 @@ def tuning_section(tuning: dict, sweep: DictConfig, metric: str, folder: Path,
         running = max if maximize else min
         ordered = [t.value for t in sorted(completed, key=lambda t: t.number)]
         curves[variant] = [running(ordered[: i + 1]) for i in range(len(ordered))]
+    own = "".join(f", `{variant}` also {', '.join(f'`{k}`' for k in keys)}"
+                  for variant, keys in sweep.tune.variant_space.items())
     lines = ["## Tuning", "", f"Each variant was tuned on the same budget of "
              f"{sweep.tune.n_trials} trials ({sweep.tune.sampler}, {sweep.tune.pruner} pruner) "
-             f"over {', '.join(f'`{k}`' for k in sweep.tune.space)}, all on training seed "
+             f"over {', '.join(f'`{k}`' for k in sweep.tune.space)}{own}, all on training seed "
              f"{sweep.tune.seed}; the seeds that judge below were never used to choose. Best, "
              f"median and worst completed trial say how sensitive a variant is to the tuned "
              f"values.", ""]

@@ -36,6 +36,8 @@ class TuneConfig:
     """A comparison's tuning stage (sweep/stages.py): every variant gets the same budget."""
 
     space: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep expression
+    # variant -> its own keys beyond `space` (the strength of a penalty only one variant has)
+    variant_space: dict[str, dict[str, str]] = field(default_factory=dict)
     n_trials: int = MISSING  # per variant
     sampler: str = "tpe"  # tpe or random (sweep.seed seeds it)
     pruner: str = "median"  # on the validation metric, among the variant's own trials

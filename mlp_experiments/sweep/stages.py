@@ -79,17 +79,43 @@ def check_stages(sweep: DictConfig, training: list[str]) -> None:
                         f"variant).")
     if tune.sampler not in set(SAMPLERS) - {"grid"}:
         raise UserError(f"sweep.tune.sampler={tune.sampler}: choose tpe or random.")
-    if SEED_KEY in tune.space:
-        raise UserError(f"sweep.tune.space.{SEED_KEY}: tuning runs on tune.seed alone; the "
-                        f"seeds that judge come after it.")
-    for key in tune.space:
-        setters = [name for name, overrides in sweep.variants.items()
-                   if any(sets(o, key) for o in overrides)]
+    strangers = sorted(set(tune.variant_space) - set(sweep.variants))
+    if strangers:
+        raise UserError(f"sweep.tune.variant_space: {', '.join(strangers)} is not a variant "
+                        f"(variants: {', '.join(sweep.variants)}).")
+    for variant, own in tune.variant_space.items():
+        shared = sorted(set(own) & set(tune.space))
+        if shared:
+            raise UserError(f"sweep.tune.variant_space.{variant}: {', '.join(shared)} is in "
+                            f"tune.space already (every variant tunes it): drop it from one.")
+    for variant in sweep.variants:
+        check_tuned_keys(sweep, variant, training)
+
+
+def check_tuned_keys(sweep: DictConfig, variant: str, training: list[str]) -> None:
+    """No key a variant tunes may be set by hand: not by the variant, the sweep's overrides or
+    the command line."""
+    for key, where in tuned_keys(sweep, variant).items():
+        if key == SEED_KEY:
+            raise UserError(f"sweep.{where}.{SEED_KEY}: tuning runs on tune.seed alone; the "
+                            f"seeds that judge come after it.")
+        setters = [variant] * any(sets(o, key) for o in sweep.variants[variant])
         setters += ["the sweep's overrides"] * any(sets(o, key) for o in sweep.overrides)
         setters += ["the command line"] * any(sets(o, key) for o in training)
         if setters:
-            raise UserError(f"sweep.tune.space.{key} is tuned, but {', '.join(setters)} also "
+            raise UserError(f"sweep.{where}.{key} is tuned, but {', '.join(setters)} also "
                             f"set(s) it: a tuned key takes the value tuning finds. Drop one.")
+
+
+def tuned_keys(sweep: DictConfig, variant: str) -> dict[str, str]:
+    """Each key the variant tunes, with the setting that names it."""
+    own = sweep.tune.variant_space.get(variant, {})
+    return {**{key: "tune.space" for key in sweep.tune.space},
+            **{key: f"tune.variant_space.{variant}" for key in own}}
+
+
+def tuning_space(sweep: DictConfig, variant: str) -> dict[str, str]:
+    return {**sweep.tune.space, **sweep.tune.variant_space.get(variant, {})}
 
 
 def sets(override: str, key: str) -> bool:
@@ -110,7 +136,10 @@ def plan_lines(sweep: DictConfig) -> list[str]:
         lines += [f"  stage 1, tune: {tune.n_trials} trials per variant ({tune.n_trials * variants}"
                   f" in all), sampler {tune.sampler} (seed {sweep.seed}), pruner {tune.pruner} "
                   f"{dict(tune.pruner_args) or ''}, training seed {tune.seed}",
-                  *(f"    {key}: {expression}" for key, expression in tune.space.items())]
+                  *(f"    {key}: {expression}" for key, expression in tune.space.items()),
+                  *(f"    {key}: {expression} (only {variant})"
+                    for variant, own in tune.variant_space.items()
+                    for key, expression in own.items())]
     lines.append(f"  stage {2 if sweep.tune is not None else 1}, race: seeds {seeds[0]} to "
                  f"{seeds[-1]}, {settings.min_seeds} to {settings.max_seeds} per variant, "
                  f"one more per round to the variants in contention (alpha {settings.alpha}, "
@@ -131,7 +160,7 @@ def tuning_sweep(sweep: DictConfig, variant: str) -> DictConfig:
     return derived(sweep, study_name=tuning_study_name(sweep, variant),
                    overrides=[*sweep.overrides, *sweep.variants[variant],
                               f"{SEED_KEY}={tune.seed}"],
-                   space=dict(tune.space), variants={}, sampler=tune.sampler,
+                   space=tuning_space(sweep, variant), variants={}, sampler=tune.sampler,
                    pruner=tune.pruner, pruner_args=dict(tune.pruner_args),
                    n_trials=tune.n_trials)
 
