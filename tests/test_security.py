@@ -440,6 +440,8 @@ pruner: median
         ("sweep.sampler=cmaes", "sweep.sampler=cmaes: choose one of tpe, random, grid"),
         ("sweep.pruner=patient", "sweep.pruner=patient: choose one of none, median"),
         ("sweep.pruner_args={n_warmup: 4}", "n_warmup is not a parameter of the median pruner"),
+        ("sweep.sampler_args={startup: 4}", "startup is not a parameter of the tpe sampler"),
+        (("sweep.sampler=grid", "sweep.sampler_args={seed: 1}"), "the grid sampler takes none"),
         ("sweep.storage=redis://user:secret@host/0", "the scheme 'redis' is not an Optuna"),
         ("sweep.metric=val_rmse", "sweep.metric=val_rmse is not a metric of data=synthetic"),
         ("sweep.space={trainer.batch_size: 'choice(32, 0)'}",
@@ -452,7 +454,8 @@ def test_bad_sweep_settings_fail_the_plan(tmp_path, setting, message):
 
     path = write_yaml(tmp_path / "tiny.yaml", TINY_SEARCH)
     with pytest.raises(UserError) as error:
-        name, sweep_overrides, training = spec.split_arguments([f"sweep={path}", setting,
+        settings = [setting] if isinstance(setting, str) else list(setting)
+        name, sweep_overrides, training = spec.split_arguments([f"sweep={path}", *settings,
                                                                   *QUICK])
         sweep = spec.load_sweep(name, sweep_overrides)
         spec.check_space(sweep, training, spec.parse_space(sweep.space))

@@ -74,7 +74,8 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
     if stages.is_staged(sweep):
         lines += [*stages.plan_lines(sweep), f"  runs {where}"]
     else:
-        lines += [f"  sampler {sweep.sampler} (seed {sweep.seed}), pruner {sweep.pruner} "
+        lines += [f"  sampler {sweep.sampler} {dict(sweep.sampler_args) or ''}(seed "
+                  f"{sweep.seed}), pruner {sweep.pruner} "
                   f"{dict(sweep.pruner_args) or ''}",
                   f"  trials: {n_trials} in total, {done} already there, "
                   f"{max(n_trials - done, 0)} to run {where}"]

@@ -40,6 +40,7 @@ class TuneConfig:
     variant_space: dict[str, dict[str, str]] = field(default_factory=dict)
     n_trials: int = MISSING  # per variant
     sampler: str = "tpe"  # tpe or random (sweep.seed seeds it)
+    sampler_args: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"  # on the validation metric, among the variant's own trials
     pruner_args: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the training seed of every tuning trial; the judging seeds come after it
@@ -54,6 +55,7 @@ class SweepConfig:
     metric: str = "val_acc"
     direction: str = "maximize"
     sampler: str = "tpe"  # tpe, random or grid
+    sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 4}
     pruner: str = "median"  # none, median, successive_halving, hyperband or threshold
     pruner_args: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the sampler's
@@ -153,6 +155,11 @@ def check_settings(sweep: DictConfig) -> None:
         raise UserError(f"sweep.direction={sweep.direction}: choose {' or '.join(DIRECTIONS)}.")
     if sweep.sampler not in SAMPLERS:
         raise UserError(f"sweep.sampler={sweep.sampler}: choose one of {', '.join(SAMPLERS)}.")
+    if sweep.sampler == "grid" and sweep.sampler_args:
+        raise UserError("sweep.sampler_args: the grid sampler takes none (it runs every cell "
+                        "of the space).")
+    if sweep.sampler != "grid":
+        make_sampler(sweep, {}, sweep.seed)
     make_pruner(sweep)
     storage_url(sweep)
 
@@ -177,11 +184,11 @@ def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
         # must shuffle it alike, or two run one cell and none another.
         return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants),
                                            seed=sweep.seed)
-    if sweep.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random or grid.")
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if sweep.sampler not in samplers:
+        raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random or grid.")
+    return made(samplers[sweep.sampler], "sampler", sweep.sampler, sweep.sampler_args,
+                seed=seed)
 
 
 def make_pruner(sweep: DictConfig):
@@ -198,18 +205,23 @@ def make_pruner(sweep: DictConfig):
         raise UserError(f"sweep.pruner={sweep.pruner}: choose one of {', '.join(pruners)}.")
     if sweep.pruner == "none":  # pruner_args belong to the pruner the sweep file names
         return pruners["none"]()
-    pruner = pruners[sweep.pruner]
-    takes = list(inspect.signature(pruner).parameters)
-    unknown = sorted(set(sweep.pruner_args) - set(takes))
+    return made(pruners[sweep.pruner], "pruner", sweep.pruner, sweep.pruner_args)
+
+
+def made(kind: type, setting: str, name: str, arguments: DictConfig, **fixed: Any):
+    """An Optuna sampler or pruner from the sweep's `<setting>_args`, each of which must be a
+    parameter of its class."""
+    takes = [p for p in inspect.signature(kind).parameters if p not in fixed]
+    unknown = sorted(set(arguments) - set(takes))
     if unknown:
         raise UserError(
-            f"sweep.pruner_args: {', '.join(unknown)} is not a parameter of the {sweep.pruner} "
-            f"pruner ({pruner.__name__}): it takes {', '.join(takes)}."
+            f"sweep.{setting}_args: {', '.join(unknown)} is not a parameter of the {name} "
+            f"{setting} ({kind.__name__}): it takes {', '.join(takes)}."
         )
     try:
-        return pruner(**sweep.pruner_args)
+        return kind(**arguments, **fixed)
     except (TypeError, ValueError) as error:
-        raise UserError(f"sweep.pruner_args: {error}") from None
+        raise UserError(f"sweep.{setting}_args: {error}") from None
 
 
 def budget(sweep: DictConfig, distributions: dict[str, Any]) -> int:

@@ -134,7 +134,8 @@ def plan_lines(sweep: DictConfig) -> list[str]:
     if sweep.tune is not None:
         tune, variants = sweep.tune, len(sweep.variants)
         lines += [f"  stage 1, tune: {tune.n_trials} trials per variant ({tune.n_trials * variants}"
-                  f" in all), sampler {tune.sampler} (seed {sweep.seed}), pruner {tune.pruner} "
+                  f" in all), sampler {tune.sampler} {dict(tune.sampler_args) or ''}(seed "
+                  f"{sweep.seed}), pruner {tune.pruner} "
                   f"{dict(tune.pruner_args) or ''}, training seed {tune.seed}",
                   *(f"    {key}: {expression}" for key, expression in tune.space.items()),
                   *(f"    {key}: {expression} (only {variant})"
@@ -161,6 +162,7 @@ def tuning_sweep(sweep: DictConfig, variant: str) -> DictConfig:
                    overrides=[*sweep.overrides, *sweep.variants[variant],
                               f"{SEED_KEY}={tune.seed}"],
                    space=tuning_space(sweep, variant), variants={}, sampler=tune.sampler,
+                   sampler_args=dict(tune.sampler_args),
                    pruner=tune.pruner, pruner_args=dict(tune.pruner_args),
                    n_trials=tune.n_trials)
 
@@ -174,7 +176,8 @@ def evaluation_sweep(sweep: DictConfig, chosen: dict[str, list[str]],
     return derived(sweep, variants={name: [*overrides, *chosen.get(name, [])]
                                     for name, overrides in sweep.variants.items()},
                    space={SEED_KEY: f"range({seeds[0]}, {seeds[-1] + 1})"},
-                   sampler="random", pruner="none", pruner_args={}, n_trials=n_trials)
+                   sampler="random", sampler_args={}, pruner="none", pruner_args={},
+                   n_trials=n_trials)
 
 
 def derived(sweep: DictConfig, **values: Any) -> DictConfig:
