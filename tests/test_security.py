@@ -437,7 +437,7 @@ pruner: median
     [
         ("sweep.n_workers=0", "sweep.n_workers=0 must be at least 1"),
         ("sweep.direction=up", "sweep.direction=up: choose maximize or minimize"),
-        ("sweep.sampler=cmaes", "sweep.sampler=cmaes: choose one of tpe, random, grid"),
+        ("sweep.sampler=cmaes", "sweep.sampler=cmaes: choose one of tpe, random, qmc, grid"),
         ("sweep.pruner=patient", "sweep.pruner=patient: choose one of none, median"),
         ("sweep.pruner_args={n_warmup: 4}", "n_warmup is not a parameter of the median pruner"),
         ("sweep.sampler_args={startup: 4}", "startup is not a parameter of the tpe sampler"),

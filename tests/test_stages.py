@@ -2,6 +2,7 @@
 judged on fresh seeds handed out by the race; bad settings refused before any training; a
 comparison killed in each stage resumes to a complete, consistent record."""
 
+import math
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -58,7 +60,7 @@ EDITS = {  # of TUNED, for what a command-line override cannot say (it merges in
     ("sweep.race.max_seeds=1", "max_seeds (1) must be at least min_seeds (2)"),
     ("sweep.race.patience=3", "patience is not a race setting"),
     ("sweep.tune.n_trials=0", "sweep.tune.n_trials=0 must be at least 1"),
-    ("sweep.tune.sampler=grid", "sweep.tune.sampler=grid: choose tpe or random"),
+    ("sweep.tune.sampler=grid", "sweep.tune.sampler=grid: choose tpe, random or qmc"),
     ("sweep.variants.adam=['optimizer=adam','optimizer.lr=0.01']",
      "sweep.tune.space.optimizer.lr is tuned, but adam also set(s) it"),
     ("optimizer.lr=0.01", "is tuned, but the command line also set(s) it"),
@@ -237,3 +239,27 @@ def json_string(value: str) -> str:
     import json
 
     return json.dumps(value)
+
+
+def test_quasi_random_tuning_draws_one_sequence_across_workers():
+    """Two workers (opened with different seeds) share one Sobol sequence: no point twice, and
+    the points one worker alone would draw."""
+    sweep = spec.load_sweep("compare_optimizers_tuned", [])
+    stage = stages.tuning_sweep(sweep, "sgd")
+    distributions = spec.parse_space(stage.space)
+
+    def draws(worker_seeds: list[int]) -> list[float]:
+        study = optuna.create_study(direction="maximize")
+        samplers = [spec.make_sampler(stage, distributions, seed) for seed in worker_seeds]
+        values = []
+        for index in range(6):
+            study.sampler = samplers[index % len(samplers)]
+            trial = study.ask(distributions)
+            values.append(trial.params["optimizer.lr"])
+            study.tell(trial, 0.5)
+        return values
+
+    shared = draws([0, 1000])
+    assert shared == draws([0]) and len(set(shared)) == 6
+    exponents = sorted(math.log10(v) for v in shared)  # spread over the log range 1e-4..1
+    assert exponents[0] == pytest.approx(-4) and max(np.diff(exponents)) <= 1.0 + 1e-9

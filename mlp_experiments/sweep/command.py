@@ -111,6 +111,9 @@ def run_sweep(arguments: list[str]):
         check_space(sweep, training, distributions)
     base = compose_config([*sweep.overrides, *training])
     tracking_uri = base.tracking.uri if base.tracking.enabled else None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plan says which studies open
     study = open_study(main_sweep, distributions, tracking_uri)
     kind = "comparison" if sweep.sampler == "grid" or staged else "search"
     study.set_user_attr("kind", kind)

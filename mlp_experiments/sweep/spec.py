@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ LOG_SCALE_KEYS = {"optimizer.lr", "regularization.weight_decay", "regularization
 # A study's name names files and folders (docs/<study>/, outputs/presets/.../<study>.yaml).
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 DIRECTIONS = ("maximize", "minimize")
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "qmc", "grid")
 LAUNCHERS = ("local", "slurm")
 SEED_KEY = "trainer.seed"  # a comparison's runs of one seed are paired across its variants
 
@@ -39,7 +40,7 @@ class TuneConfig:
     # variant -> its own keys beyond `space` (the strength of a penalty only one variant has)
     variant_space: dict[str, dict[str, str]] = field(default_factory=dict)
     n_trials: int = MISSING  # per variant
-    sampler: str = "tpe"  # tpe or random (sweep.seed seeds it)
+    sampler: str = "tpe"  # tpe, random or qmc (sweep.seed seeds it)
     sampler_args: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"  # on the validation metric, among the variant's own trials
     pruner_args: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class SweepConfig:
     variants: dict[str, list[str]] = field(default_factory=dict)  # comparisons: name -> overrides
     metric: str = "val_acc"
     direction: str = "maximize"
-    sampler: str = "tpe"  # tpe, random or grid
+    sampler: str = "tpe"  # tpe, random, qmc (quasi-random) or grid
     sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 4}
     pruner: str = "median"  # none, median, successive_halving, hyperband or threshold
     pruner_args: dict[str, Any] = field(default_factory=dict)
@@ -184,9 +185,16 @@ def make_sampler(sweep: DictConfig, distributions: dict[str, Any], seed: int):
         # must shuffle it alike, or two run one cell and none another.
         return optuna.samplers.GridSampler(grid_of(distributions, sweep.variants),
                                            seed=sweep.seed)
+    if sweep.sampler == "qmc":
+        # Quasi-random (Sobol) points are a sequence: every worker must draw from the same one,
+        # which the study's trial count indexes.
+        with warnings.catch_warnings():  # experimental since Optuna 3.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return made(optuna.samplers.QMCSampler, "sampler", "qmc", sweep.sampler_args,
+                        seed=sweep.seed, warn_asynchronous_seeding=False)
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if sweep.sampler not in samplers:
-        raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random or grid.")
+        raise UserError(f"sweep.sampler={sweep.sampler}: choose tpe, random, qmc or grid.")
     return made(samplers[sweep.sampler], "sampler", sweep.sampler, sweep.sampler_args,
                 seed=seed)
 

@@ -78,7 +78,7 @@ def check_stages(sweep: DictConfig, training: list[str]) -> None:
         raise UserError(f"sweep.tune.n_trials={tune.n_trials} must be at least 1 (trials per "
                         f"variant).")
     if tune.sampler not in set(SAMPLERS) - {"grid"}:
-        raise UserError(f"sweep.tune.sampler={tune.sampler}: choose tpe or random.")
+        raise UserError(f"sweep.tune.sampler={tune.sampler}: choose tpe, random or qmc.")
     strangers = sorted(set(tune.variant_space) - set(sweep.variants))
     if strangers:
         raise UserError(f"sweep.tune.variant_space: {', '.join(strangers)} is not a variant "
