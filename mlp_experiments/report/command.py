@@ -54,7 +54,7 @@ COMMAND = cli.Command(
     "report", "Write the Markdown report of a study mlp-sweep ran, and log it to the study's "
     "MLflow parent run.", ReportKeys,
     choices={"sweep": f"the sweep: sweeps/<name>.yaml ({available_sweeps()}) or a YAML file"},
-    passed_on=("sweep",), training=True, renamed={"out": "report.out_dir"},
+    passed_on=("sweep",), training=True,
     notes="sweep.* keys: the same as the sweep command's, to find the same study.\nAny other "
           "KEY=VALUE is a training override, as the sweep's: tracking.uri=... or tracking=none "
           "say where (whether) to log the report.",
