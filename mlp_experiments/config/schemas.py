@@ -94,9 +94,9 @@ class MLPConfig(ModelConfig):
     # Union type: check_dropout refuses anything but a float or a list of floats.
     dropout: Any = ranged(0.0, between(0, 1, high_open=True), example=0.2, item="rate")
     dropout_impl: DropoutImpl = DropoutImpl.nn
-    init: Init = Init.default
+    init: Init = Init.normal  # note 000 draws every parameter from N(0, 0.01)
     init_std: float = ranged(0.01, INIT_STD)
-    bias_init: BiasInit = BiasInit.default
+    bias_init: BiasInit = BiasInit.normal
 
 
 @dataclass

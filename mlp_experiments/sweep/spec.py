@@ -136,8 +136,9 @@ def check_settings(sweep: DictConfig) -> None:
     name = sweep.study_name
     if not STUDY_NAME.fullmatch(name) or ".." in name:
         raise UserError(
-            f"sweep.study_name={name!r}: it names files and folders (docs/<study>/, "
-            f"conf/experiment/<study>_best.yaml), so it may only hold letters, digits, '_', '.' "
+            f"sweep.study_name={name!r}: it names files and folders (outputs/reports/<study>/, "
+            f"outputs/presets/experiment/best/<study>.yaml), so it may only hold letters, "
+            f"digits, '_', '.' "
             f"and '-', start with a letter or digit and not contain '..'."
         )
     if sweep.n_workers < 1:
