@@ -81,6 +81,8 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
     from mlp_experiments import data, engine
 
     dataset = data.load_dataset(cfg.data)
+    log.info("data: %s from %s (%d train, %d validation, %d test examples)", dataset.name,
+             dataset.source, len(dataset.train[1]), len(dataset.val[1]), len(dataset.test[1]))
     checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, run_hash)
     with engine.claim(checkpoint):
         state = engine.load_checkpoint(checkpoint) if resuming(cfg, checkpoint) else None

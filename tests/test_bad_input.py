@@ -7,7 +7,7 @@ in conf/, each of its numeric settings just outside its range (below, above, and
 a float), composed as the command line composes it; then the examples the issue lists, wrong
 types and missing values. A setting added to a schema with a range is tried without a new row.
 
-The table tries 195 distinct bad inputs (test_the_count_is_the_one_printed checks the number).
+The table tries 196 distinct bad inputs (test_the_count_is_the_one_printed checks the number).
 """
 
 import dataclasses
@@ -131,6 +131,8 @@ EXAMPLES = [
     (["data=synthetic", "data.train_size=100"], "data.val_size=200 must be below "
      "data.train_size=100"),
     (["data.classes=[0,10]"], "data.classes=[0, 10]: every class needs an integer in [0, 9]"),
+    (["data.root=/nonexistent/mlp-data"], "data.root=/nonexistent/mlp-data is not a folder. "
+     "Point it at a folder with the four IDX files"),
     (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer\n"
      "    full_key: trainer.epochs"),
     (["optimizer.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float\n"

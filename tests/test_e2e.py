@@ -1,6 +1,8 @@
 """Reproduce the notes' results on the real FashionMNIST (seconds each with the device loader)
 and on the real MNIST that `mlp-fetch` put in the cache folder (minutes for the CNN on a CPU)."""
 
+import json
+
 import pytest
 from conftest import FASHION_DIR
 from mlflow import MlflowClient
@@ -22,19 +24,25 @@ needs_mnist = pytest.mark.skipif(
 
 @needs_fashion_mnist
 def test_the_default_experiment_is_the_concise_mlp_and_reaches_the_notes_accuracy(
-    workdir, tracking_uri
+    workdir, tracking_uri, caplog
 ):
     # note 000: 784-256-10, N(0, 0.01), SGD lr 0.5, batch 256, 5 epochs -> test 0.836
     cfg = compose_config([
         "trainer.device=cpu", f"tracking.uri={tracking_uri}", "tracking.experiment=e2e",
     ])
     assert (cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.epochs) == (0.5, 256, 5)
-    result = train(cfg)
+    with caplog.at_level("INFO", logger="mlp_experiments"):
+        result = train(cfg)
     assert result.outcome == "completed"
     assert result.history[-1]["test_acc"] >= 0.82
+    # Which files it trained on, said in the log and recorded with the run.
+    assert (f"data: fashion_mnist from {FASHION_DIR} (55000 train, 5000 validation, 10000 test "
+            f"examples)") in caplog.text
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.data.metrics["test_acc"] == result.history[-1]["test_acc"]
+    assert {json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs} == {
+        str(FASHION_DIR)}
 
 
 @needs_fashion_mnist

@@ -5,6 +5,7 @@ cannot work together."""
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -13,7 +14,7 @@ from mlp_experiments.config import policy
 from mlp_experiments.config.choices import DatasetName
 from mlp_experiments.config.ranges import Range, ranges
 from mlp_experiments.config.registry import TARGET_SCHEMAS
-from mlp_experiments.config.schemas import LossConfig, MLPConfig, ModelConfig
+from mlp_experiments.config.schemas import IdxDataConfig, LossConfig, MLPConfig, ModelConfig
 from mlp_experiments.errors import UserError
 from mlp_experiments.task import Task
 
@@ -83,10 +84,25 @@ def check_values(cfg: DictConfig) -> None:
     check_ranges(cfg)
     check_model_size(cfg)
     check_split(cfg.data)
+    check_data_root(cfg.data)
     task = Task.of(cfg.data)
     if not task.regression and task.num_classes < 2:  # data.classes (num_classes has a range)
         raise UserError(f"data.classes={list(cfg.data.classes)}: a classifier needs at least two "
                         f"classes, e.g. data.classes=[0,6].")
+
+
+def check_data_root(data: DictConfig) -> None:
+    """A data.root the user gave must be a folder: discovery would otherwise train on another
+    copy without a word."""
+    default = IdxDataConfig.root
+    if "root" in data and data.root != default and not Path(data.root).expanduser().is_dir():
+        raise UserError(
+            f"data.root={data.root} is not a folder. Point it at a folder with the four IDX "
+            f"files (or torchvision's <root>/<Name>/raw/ layout), create it for torchvision to "
+            f"download into, or drop it: the default "
+            f"({default}/ under the working directory) is searched first, then mlp-fetch's cache "
+            f"and Debian's dataset package."
+        )
 
 
 def check_ranges(cfg: DictConfig) -> None:
