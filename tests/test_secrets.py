@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from mlp_experiments.redact import redact
-from mlp_experiments.sweep import command, spec
+from mlp_experiments.sweep import command, space, spec
 from mlp_experiments.train import train
 
 SECRET_URL = "postgresql+psycopg://mlp:s3cr%40t@db.example:5432/optuna"
@@ -29,7 +29,7 @@ def test_the_sweep_plan_prints_no_password(capsys, monkeypatch):
     sweep = OmegaConf.merge(OmegaConf.structured(spec.SweepConfig),
                             {"study_name": "s", "space": {"optimizer.lr": "choice(0.1,0.2)"},
                              "n_trials": 2})
-    distributions = spec.parse_space(sweep.space)
+    distributions = space.parse_space(sweep.space)
     assert spec.storage_url(sweep) == SECRET_URL  # the environment names the storage
     command.print_plan(sweep, distributions, optuna.create_study(), 2,
                       ["tracking.uri=http://u:pw2@h:5000"])

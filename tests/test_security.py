@@ -450,7 +450,7 @@ pruner: median
 )
 def test_bad_sweep_settings_fail_the_plan(tmp_path, setting, message):
     from mlp_experiments.errors import UserError
-    from mlp_experiments.sweep import spec
+    from mlp_experiments.sweep import space, spec
 
     path = write_yaml(tmp_path / "tiny.yaml", TINY_SEARCH)
     with pytest.raises(UserError) as error:
@@ -458,14 +458,14 @@ def test_bad_sweep_settings_fail_the_plan(tmp_path, setting, message):
         name, sweep_overrides, training = spec.split_arguments([f"sweep={path}", *settings,
                                                                   *QUICK])
         sweep = spec.load_sweep(name, sweep_overrides)
-        spec.check_space(sweep, training, spec.parse_space(sweep.space))
+        spec.check_space(sweep, training, space.parse_space(sweep.space))
     assert message in str(error.value)
     assert "secret" not in str(error.value)
 
 
 def test_a_trial_that_cannot_be_built_fails_the_plan(tmp_path):
     from mlp_experiments.errors import UserError
-    from mlp_experiments.sweep import spec
+    from mlp_experiments.sweep import space, spec
 
     path = write_yaml(tmp_path / "tiny.yaml", """\
         study_name: tiny
@@ -476,7 +476,7 @@ def test_a_trial_that_cannot_be_built_fails_the_plan(tmp_path):
     sweep = spec.load_sweep(str(path), [])
     with pytest.raises(UserError, match=r"The trial \{'optimizer.nesterov': True\}: it cannot "
                                         r"be built: .*Nesterov momentum requires a momentum"):
-        spec.check_space(sweep, QUICK, spec.parse_space(sweep.space))
+        spec.check_space(sweep, QUICK, space.parse_space(sweep.space))
 
 
 # ---------------------------------------------------------------------------- Hydra's flags

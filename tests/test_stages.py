@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from mlp_experiments.errors import UserError
 from mlp_experiments.report.racing import RaceSettings
 from mlp_experiments.stores import sqlite_lock
-from mlp_experiments.sweep import spec, stages
+from mlp_experiments.sweep import space, spec, stages
 from mlp_experiments.sweep.command import run_sweep
 
 TUNED = """\
@@ -112,11 +112,12 @@ def test_a_variant_tunes_the_shared_space_and_its_own():
 
 
 def test_a_tuned_key_is_set_by_the_tuning_not_by_choosing_a_group():
-    assert not stages.sets("optimizer=adam", "optimizer.lr")  # a group option: fine
-    assert stages.sets("optimizer.lr=0.1", "optimizer.lr")
-    assert stages.sets("+optimizer.lr=0.1", "optimizer.lr")
-    assert stages.sets("model.dropout=0.1", "model")  # a value under a tuned group
-    assert not stages.sets("optimizer.momentum=0.9", "optimizer.lr")
+    assert not spec.sets("optimizer=adam", "optimizer.lr")  # a group option: fine
+    assert spec.sets("optimizer.lr=0.1", "optimizer.lr")
+    assert spec.sets("+optimizer.lr=0.1", "optimizer.lr")
+    assert not spec.sets("loss.reduction=sum", "loss")  # a value under a searched group
+    assert spec.sets("model.hidden_sizes.0=64", "model.hidden_sizes")  # a value under a key
+    assert not spec.sets("optimizer.momentum=0.9", "optimizer.lr")
 
 
 def test_the_race_settings_default_to_the_racing_modules():
@@ -246,7 +247,7 @@ def test_quasi_random_tuning_draws_one_sequence_across_workers():
     the points one worker alone would draw."""
     sweep = spec.load_sweep("compare_optimizers_tuned", [])
     stage = stages.tuning_sweep(sweep, "sgd")
-    distributions = spec.parse_space(stage.space)
+    distributions = space.parse_space(stage.space)
 
     def draws(worker_seeds: list[int]) -> list[float]:
         study = optuna.create_study(direction="maximize")

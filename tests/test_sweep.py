@@ -12,7 +12,7 @@ from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.errors import UserError
 from mlp_experiments.stores import sqlite_lock
-from mlp_experiments.sweep import slurm, spec, worker
+from mlp_experiments.sweep import slurm, space, spec, worker
 from mlp_experiments.sweep import study as studies
 from mlp_experiments.sweep.command import BEST_TRIALS_PLOTTED, run_sweep
 
@@ -64,25 +64,60 @@ def child_runs(tracking_uri, experiment_name, parent_run_id):
     ],
 )
 def test_hydra_sweep_grammar_maps_to_optuna_distributions(expression, expected):
-    assert spec.parse_space({"key": expression}) == {"key": expected}
+    assert space.parse_space({"key": expression}) == {"key": expected}
 
 
 @pytest.mark.parametrize("expression", ["0.1", "glob(*)", "interval(0.1"])
 def test_expressions_we_cannot_map_fail_clearly(expression):
     with pytest.raises(UserError, match="space.key"):
-        spec.parse_space({"key": expression})
+        space.parse_space({"key": expression})
 
 
 def test_a_typo_in_the_space_fails_before_any_trial():
     sweep = spec.load_sweep("search_mlp", ["space={optimizer.lrr: 'interval(0.1, 1.0)'}"])
     with pytest.raises(UserError, match="space.optimizer.lrr is not a key"):
-        spec.check_space(sweep, [], spec.parse_space(sweep.space))
+        spec.check_space(sweep, [], space.parse_space(sweep.space))
 
 
 def test_a_learning_rate_on_a_linear_scale_is_refused():
     sweep = spec.load_sweep("search_mlp", ["space={optimizer.lr: 'interval(0.001, 1.0)'}"])
     with pytest.raises(UserError, match="log scale"):
-        spec.check_space(sweep, [], spec.parse_space(sweep.space))
+        spec.check_space(sweep, [], space.parse_space(sweep.space))
+
+
+def test_sweep_seeds_sets_how_many_seeds_a_comparison_runs():
+    sweep = spec.load_sweep("compare_optimizers", ["seeds=2"])
+    distributions = space.parse_space(sweep.space)
+    assert distributions[spec.SEED_KEY] == IntDistribution(0, 1)
+    assert spec.budget(sweep, distributions) == 6 * 2  # six variants, two seeds each
+
+
+@pytest.mark.parametrize(("sweep_name", "setting", "message"), [
+    ("compare_optimizers", "seeds=0", "sweep.seeds=0 must be at least 1"),
+    ("search_mlp", "seeds=3", "a search draws its trials: set sweep.n_trials"),
+    ("compare_optimizers_tuned", "seeds=3", "set sweep.race.max_seeds instead"),
+])
+def test_sweep_seeds_where_it_means_nothing_is_refused(sweep_name, setting, message):
+    with pytest.raises(UserError, match=message):
+        spec.load_sweep(sweep_name, [setting])
+
+
+@pytest.mark.parametrize(("sweep_name", "override", "message"), [
+    ("compare_optimizers", "trainer.seed=0", "trainer.seed=0: the sweep searches trainer.seed "
+     "(space.trainer.seed: range(0, 5)), so each trial sets it. Drop the override, or set how "
+     "many seeds with sweep.seeds=N."),
+    ("search_mlp", "optimizer.lr=0.1", "optimizer.lr=0.1: the sweep searches optimizer.lr"),
+])
+def test_a_training_override_of_a_searched_key_is_refused(sweep_name, override, message):
+    sweep = spec.load_sweep(sweep_name, [])
+    with pytest.raises(UserError) as error:
+        spec.check_space(sweep, [override], space.parse_space(sweep.space))
+    assert message in str(error.value)
+
+
+def test_a_value_under_a_searched_group_is_no_clash():
+    sweep = spec.load_sweep("compare_losses", ["seeds=1"])
+    spec.check_space(sweep, ["loss.reduction=sum"], space.parse_space(sweep.space))
 
 
 def test_every_shipped_sweep_plans_cleanly():
@@ -94,7 +129,7 @@ def test_every_shipped_sweep_plans_cleanly():
         if stages.is_staged(sweep):  # tuned and raced: each stage's trials are checked
             check_staged(sweep, [])
             continue
-        distributions = spec.parse_space(sweep.space)
+        distributions = space.parse_space(sweep.space)
         spec.check_space(sweep, [], distributions)
         assert spec.budget(sweep, distributions) >= (9 if sweep.sampler == "grid" else 30)
 

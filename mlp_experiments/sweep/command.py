@@ -24,6 +24,7 @@ from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path
 from mlp_experiments.sweep import stages
 from mlp_experiments.sweep.presets import best_preset_command, publish_best_preset
+from mlp_experiments.sweep.space import parse_space
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
@@ -32,7 +33,6 @@ from mlp_experiments.sweep.spec import (
     check_space,
     describe_arguments,
     load_sweep,
-    parse_space,
     split_arguments,
     storage_url,
 )

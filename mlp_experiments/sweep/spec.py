@@ -1,5 +1,5 @@
-"""What a sweep file says: `SweepConfig`, its loading and checks, and its search space in Hydra's
-sweep grammar mapped to Optuna distributions, sampler and pruner."""
+"""What a sweep file says: `SweepConfig`, its loading and checks, its Optuna sampler and pruner,
+and the overrides of its trials (the space's grammar: sweep/space.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from mlp_experiments.config.checks import model_shape
 from mlp_experiments.config.compose import CONF_DIR, CONFIG_GROUPS, check_overrides
 from mlp_experiments.errors import UserError
+from mlp_experiments.sweep.space import corner_params, grid_of
 from mlp_experiments.task import Task
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
@@ -61,6 +62,7 @@ class SweepConfig:
     pruner_args: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the sampler's
     n_trials: int | None = None  # None: the size of the grid
+    seeds: int | None = None  # a comparison on seeds 0..seeds-1: space.trainer.seed, set
     timeout: float | None = None  # seconds, for this command
     storage: str | None = None  # any Optuna storage URL; None: sqlite:///optuna.db
     n_workers: int = 1
@@ -124,10 +126,26 @@ def load_sweep(name: str, overrides: list[str]) -> DictConfig:
         cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
     except Exception as error:  # OmegaConf names the key and the expected type
         raise UserError(f"Sweep '{name}': {error}") from None
+    if cfg.seeds is not None:
+        set_seeds(cfg)
     if not cfg.space and not cfg.variants:
         raise UserError(f"Sweep '{name}' has neither a space nor variants to try.")
     check_settings(cfg)
     return cfg
+
+
+def set_seeds(sweep: DictConfig) -> None:
+    """sweep.seeds=N: the one spelling that shrinks or grows a comparison (seeds 0..N-1)."""
+    if sweep.seeds < 1:
+        raise UserError(f"sweep.seeds={sweep.seeds} must be at least 1 (seeds 0 to N-1 per "
+                        f"variant).")
+    if sweep.tune is not None or sweep.race is not None:
+        raise UserError("sweep.seeds: a staged comparison's race hands out the seeds; set "
+                        "sweep.race.max_seeds instead.")
+    if not sweep.variants and sweep.sampler != "grid":
+        raise UserError("sweep.seeds sets the seeds of a comparison (named variants or a grid); "
+                        "a search draws its trials: set sweep.n_trials.")
+    sweep.space[SEED_KEY] = f"range(0, {sweep.seeds})"
 
 
 def check_settings(sweep: DictConfig) -> None:
@@ -244,88 +262,6 @@ def budget(sweep: DictConfig, distributions: dict[str, Any]) -> int:
     return size
 
 
-def parse_space(space: dict[str, str]) -> dict[str, Any]:
-    """Map Hydra sweep expressions to Optuna distributions, with Hydra's own override parser
-    (the grammar of Hydra's Optuna sweeper plugin)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    distributions = {}
-    for key, expression in space.items():
-        try:
-            (override,) = parser.parse_overrides([f"{key}={expression}"])
-        except Exception as error:
-            raise UserError(f"space.{key}: cannot parse '{expression}': {error}") from None
-        distributions[key] = to_distribution(key, expression, override)
-    return distributions
-
-
-def to_distribution(key: str, expression: str, override) -> Any:
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    value = override.value()
-    log_scale = "log" in getattr(value, "tags", set())
-    if isinstance(value, ChoiceSweep):
-        return CategoricalDistribution([choice_value(v) for v in value.list])
-    if isinstance(value, RangeSweep):
-        start, stop, step = value.start, value.stop, value.step
-        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and stop > start:
-            last = start + (stop - start - 1) // step * step  # range() excludes stop
-            return IntDistribution(start, last, step=step)
-        return CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(value, IntervalSweep):
-        low, high = value.start, value.end
-        if isinstance(low, int) and isinstance(high, int):
-            return IntDistribution(low, high, log=log_scale)
-        return FloatDistribution(float(low), float(high), log=log_scale)
-    raise UserError(
-        f"space.{key}: '{expression}' is not a search expression we can map: use "
-        f"choice(...), range(start, stop[, step]), interval(low, high) or "
-        f"tag(log, interval(low, high))."
-    )
-
-
-def choice_value(value: Any) -> Any:
-    """Optuna's categorical choices are scalars: a list choice travels as its override text."""
-    if isinstance(value, dict):
-        raise UserError(f"choice({value}): dictionaries cannot be searched; choose list items.")
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return value
-
-
-def suggest(trial, key: str, distribution) -> Any:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(distribution, CategoricalDistribution):
-        return trial.suggest_categorical(key, distribution.choices)
-    if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(key, distribution.low, distribution.high,
-                                 step=distribution.step, log=distribution.log)
-    return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
-
-
-def grid_of(distributions: dict[str, Any], variants: dict) -> dict[str, list]:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    grid = {"variant": list(variants)} if variants else {}
-    for key, distribution in distributions.items():
-        if isinstance(distribution, CategoricalDistribution):
-            grid[key] = list(distribution.choices)
-        elif isinstance(distribution, IntDistribution) and not distribution.log:
-            grid[key] = list(range(distribution.low, distribution.high + 1, distribution.step))
-        else:
-            raise UserError(
-                f"space.{key}: a grid needs choice(...) or range(...), not an interval."
-            )
-    return grid
-
-
 # A trial records its figures only when it is one of the study's best (see plot_best_trials);
 # the sweep's or the command line's `tracking.plots=true` records them for every trial.
 TRIAL_DEFAULTS = ["tracking.plots=false"]
@@ -352,6 +288,12 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
     from optuna.distributions import CategoricalDistribution
 
     base = check_overrides([*sweep.overrides, *training])
+    for override in [*sweep.overrides, *training]:
+        for key in (key for key in distributions if sets(override, key)):
+            also = ", or set how many seeds with sweep.seeds=N" if key == SEED_KEY else ""
+            raise UserError(f"{override}: the sweep searches {key} (space.{key}: "
+                            f"{sweep.space[key]}), so each trial sets it. Drop the override"
+                            f"{also}.")
     for key, distribution in distributions.items():
         if key not in CONFIG_GROUPS and OmegaConf.select(base, key, default=MISSING) is MISSING:
             raise UserError(
@@ -371,6 +313,16 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
             build_trial(cfg)
         except UserError as error:
             raise UserError(f"The trial {params}: {error}") from None
+
+
+def sets(override: str, key: str) -> bool:
+    """Does this override set `key`, a value under it, or a mapping that holds it? Choosing a
+    config group's option (`optimizer=adam`) leaves `optimizer.lr` to the sweep, and a value
+    under a group (`loss.reduction=sum`) leaves the group's choice (`loss`) to it."""
+    name = override.split("=", 1)[0].lstrip("+~")
+    holds_key = key.startswith(f"{name}.") and name not in CONFIG_GROUPS
+    under_key = name.startswith(f"{key}.") and key not in CONFIG_GROUPS
+    return name == key or under_key or holds_key
 
 
 def check_metric(sweep: DictConfig, cfg: DictConfig) -> None:
@@ -398,19 +350,3 @@ def build_trial(cfg: DictConfig) -> None:
         raise
     except Exception as error:  # torch's own argument checks: TypeError, ValueError, ...
         raise UserError(f"it cannot be built: {' '.join(str(error).split())}") from None
-
-
-def corner_params(distributions: dict[str, Any], variants: dict) -> list[dict[str, Any]]:
-    """One trial per value at the ends of every dimension (every choice, every variant)."""
-    from optuna.distributions import CategoricalDistribution
-
-    middle = {k: (d.choices[0] if isinstance(d, CategoricalDistribution) else d.low)
-              for k, d in distributions.items()}
-    corners = []
-    for key, distribution in distributions.items():
-        values = (distribution.choices if isinstance(distribution, CategoricalDistribution)
-                  else (distribution.low, distribution.high))
-        corners += [{**middle, key: value} for value in values]
-    for name in variants or [None]:
-        corners.append({**middle, **({"variant": name} if name else {})})
-    return corners

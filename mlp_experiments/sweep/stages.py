@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.errors import UserError
-from mlp_experiments.sweep.spec import SEED_KEY, storage_url
+from mlp_experiments.sweep.spec import SEED_KEY, sets, storage_url
 
 
 def is_staged(sweep: DictConfig) -> bool:
@@ -116,16 +116,6 @@ def tuned_keys(sweep: DictConfig, variant: str) -> dict[str, str]:
 
 def tuning_space(sweep: DictConfig, variant: str) -> dict[str, str]:
     return {**sweep.tune.space, **sweep.tune.variant_space.get(variant, {})}
-
-
-def sets(override: str, key: str) -> bool:
-    """Does this override set `key`, a value under it, or a mapping that holds it? (Choosing
-    a config group's option, `optimizer=adam`, leaves `optimizer.lr` to the tuning.)"""
-    from mlp_experiments.config.compose import CONFIG_GROUPS
-
-    name = override.split("=", 1)[0].lstrip("+~")
-    holds_key = key.startswith(f"{name}.") and name not in CONFIG_GROUPS
-    return name == key or name.startswith(f"{key}.") or holds_key
 
 
 def plan_lines(sweep: DictConfig) -> list[str]:

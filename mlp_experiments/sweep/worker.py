@@ -18,13 +18,12 @@ from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import Terminated, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
+from mlp_experiments.sweep.space import parse_space, suggest
 from mlp_experiments.sweep.spec import (
     SEED_KEY,
     SweepConfig,
     budget,
-    parse_space,
     storage_url,
-    suggest,
     trial_overrides,
 )
 from mlp_experiments.sweep.study import HEARTBEAT_S, budget_lock, more_to_run, open_study
