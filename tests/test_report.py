@@ -1,4 +1,6 @@
+import base64
 import math
+import re
 from pathlib import Path
 
 import mlflow
@@ -195,6 +197,14 @@ def test_comparison_report(tmp_path):
     for name in ("test_score.png", "learning_curves.png"):
         assert f"]({name})" in markdown
         assert_png(tmp_path / name)
+
+    # The same report as one HTML file for MLflow's artifact view: its figures inside it.
+    html = (tmp_path / "report.html").read_text()
+    assert "<table>" in html and "<td><code>adam</code></td>" in html
+    images = re.findall(r'<img src="([^"]*)"', html)
+    assert len(images) == 2 and all(i.startswith("data:image/png;base64,") for i in images)
+    embedded = base64.b64decode(images[0].split(",", 1)[1])
+    assert embedded == (tmp_path / "test_score.png").read_bytes()
 
 
 def test_comparison_with_one_seed_cannot_be_judged(tmp_path):

@@ -41,33 +41,30 @@ def save_optuna_plot(plot, path: Path, *args, **kwargs) -> None:
 
 
 def score_figure(variants: list[Variant], task: Task) -> Figure:
-    """Mean final test score per variant, 95% CI as error bars, each seed as a dot."""
+    """Mean final test score per variant with its 95% CI, each seed as a dot beside it. Points,
+    not bars: the axis is zoomed to the scores (gaps of a point would vanish from 0 to 1), and a
+    bar cut off above 0 would exaggerate them."""
     variants = [v for v in variants if v.trials]
     summaries = [v.test(task) for v in variants]
     errors = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
     positions = np.arange(len(variants))
     figure, axis = plt.subplots(figsize=(max(6.0, 1.4 * len(variants) + 2), 4.5))
-    axis.bar(positions, [s.mean for s in summaries], yerr=errors, capsize=8, alpha=0.75,
-             color=[f"C{i}" for i in positions], label="mean, 95% CI")
-    for position, variant, summary, error in zip(positions, variants, summaries, errors,
-                                                 strict=True):
+    axis.errorbar(positions, [s.mean for s in summaries], yerr=errors, fmt="o", markersize=8,
+                  capsize=8, color="black", label="mean, 95% CI", zorder=3)
+    for position, variant, summary in zip(positions, variants, summaries, strict=True):
         values = variant.test_values(task)
-        axis.scatter(np.full(len(values), position), values, color="black", s=14, zorder=3,
-                     label="one seed" if position == 0 else None)
-        axis.annotate(f"{summary.mean:.4f}", (position, summary.mean + error),
-                      xytext=(0, 5), textcoords="offset points", ha="center", fontweight="bold")
-    shown = [y for s, e, v in zip(summaries, errors, variants, strict=True)
-             for y in (s.mean - e, s.mean + e, *v.test_values(task))]
-    # Zoomed in: differences of a point or two would vanish on an axis from 0 to 1.
-    margin = max(max(shown) - min(shown), 0.005) * 0.35
-    axis.set_ylim(max(min(shown) - margin, 0.0), max(shown) + margin)
+        axis.scatter(np.full(len(values), position + 0.18), values, color=f"C{position}",
+                     s=14, alpha=0.8, label="one seed" if position == 0 else None)
+        axis.annotate(f"{summary.mean:.4f}", (position, summary.mean), xytext=(-10, 0),
+                      textcoords="offset points", ha="right", va="center", fontweight="bold")
     axis.set_xticks(positions, [v.name for v in variants],
                     rotation=20 if max(len(v.name) for v in variants) > 10 else 0)
+    axis.set_xlim(-0.6, len(variants) - 0.4)
     axis.set_xlabel("variant")
     axis.set_ylabel(f"test {task.score_label} after the last epoch")
     axis.set_title(f"Final test {task.score_label} per variant (mean over seeds, 95% CI)")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    axis.legend(loc="best")
     figure.tight_layout()
     return figure
 

@@ -21,6 +21,7 @@ from mlp_experiments.report.figures import (
     score_figure,
     tuning_figure,
 )
+from mlp_experiments.report.html import write_html
 from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm
 from mlp_experiments.report.trials import (
     Variant,
@@ -338,8 +339,8 @@ def search_section(study, sweep: DictConfig, metric: str, folder: Path,
 
 
 def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False) -> Path:
-    """`folder/report.md` and its figures; `detailed` adds the parallel coordinates and slice
-    plots of a search."""
+    """`folder/report.md` and its figures, and `report.html` with them inside; `detailed` adds
+    the parallel coordinates and slice plots of a search."""
     folder.mkdir(parents=True, exist_ok=True)
     metric = study.user_attrs.get("metric", sweep.metric)
     kind = study_kind(study, sweep)
@@ -358,4 +359,5 @@ def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False)
     lines += ["", *cost_lines(study, tuning)]
     path = folder / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
+    write_html(path)
     return path
