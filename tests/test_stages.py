@@ -219,7 +219,8 @@ def test_a_tuned_comparison_killed_in_each_stage_resumes_to_a_complete_record(tm
                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "reports" / "tuned" / "report.md").read_text()
-    assert "## Tuning" in text and f"`{chosen['sgd'][0]}`" in text
+    sgd_lr = stages.tuning_studies(sweep)["sgd"].best_trial.params["optimizer.lr"]
+    assert "## Tuning" in text and f"`optimizer.lr={sgd_lr:.4g}`" in text
     assert f"`{state.leader}` leads" in text
     (other,) = [name for name in state.verdicts if name != state.leader]
     expected = {"beaten": f"`{state.leader}` beats `{other}`",

@@ -174,7 +174,7 @@ def tuning_section(tuning: dict, sweep: DictConfig, metric: str, folder: Path,
         if not values:
             rows.append([f"`{variant}`", "0", "–", "–", "–", "–"])
             continue
-        chosen = " ".join(stages.best_values(study, variant))
+        chosen = " ".join(f"{k}={param(v)}" for k, v in study.best_trial.params.items())
         rows.append([f"`{variant}`", f"{len(study.trials)} ({status_counts(study.trials)})",
                      f"`{chosen}`", number(values[0]), number(values[len(values) // 2]),
                      number(values[-1])])

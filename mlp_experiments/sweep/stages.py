@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.errors import UserError
 from mlp_experiments.sweep.spec import SEED_KEY, sets, storage_url
+from mlp_experiments.sweep.worker import describe
 
 
 def is_staged(sweep: DictConfig) -> bool:
@@ -217,7 +218,7 @@ def tune_variants(sweep: DictConfig, runner: StageRunner, parent_run_id: str | N
         runner.run_workers(stage, parent)
         chosen[variant] = best_values(study, variant)
         print(f"  {variant}: best {stage.metric} {study.best_value:.4f} with "
-              f"{' '.join(chosen[variant])}", flush=True)
+              f"{describe(study.best_trial.params)}", flush=True)
     return chosen
 
 
