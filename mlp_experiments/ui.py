@@ -30,7 +30,7 @@ class UiSettings:
     port: int = described(5000, "the MLflow UI's port")
     dashboard_port: int = described(8080, "optuna-dashboard's port")
     host: str = described("127.0.0.1", "the address both bind (anyone who reaches it can "
-                                       "change the runs: see Trust boundary in README.md)")
+                                       "change the runs: see Trust boundary in docs/tracking.md)")
     storage: str = described("sqlite:///optuna.db", "the study storage optuna-dashboard "
                                                     "shows, when it exists")
 

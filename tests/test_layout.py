@@ -75,11 +75,24 @@ def test_a_module_reads_in_one_sitting(name):
     assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by concept"
 
 
-def test_the_readme_layout_names_every_module():
-    readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme.split("## Layout and architecture", 1)[1].split("\n## ", 1)[0]
-    tree = section.split("```", 2)[1]
+def test_the_layout_names_every_module():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    tree = page.split("```", 2)[1]  # the page's first block: the tree
     named = {path.name for path in PACKAGE.rglob("*.py")} - {"__init__.py", "__main__.py"}
     packages = {path.parent.name for path in PACKAGE.rglob("__init__.py")} - {PACKAGE.name}
     missing = sorted(name for name in named | {f"{p}/" for p in packages} if name not in tree)
-    assert not missing, f"the README's layout does not name {missing}"
+    assert not missing, f"docs/architecture.md's layout does not name {missing}"
+
+
+def test_the_readme_is_a_first_screen_and_a_map():
+    """What this is, the two commands (the main job, the tests) first, a quickstart within the
+    first 60 lines; the manual lives in docs/, each of whose pages the README links."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    lines = readme.splitlines()
+    assert lines[0] == "# mlp-experiments"
+    commands = "\n".join(lines[:12])
+    assert "uv run mlp-train " in commands and "uv run pytest " in commands
+    assert lines.index("## What the comparisons found") < 60
+    assert len(lines) <= 100
+    pages = sorted(path.name for path in (PACKAGE.parent / "docs").glob("*.md"))
+    assert [page for page in pages if f"](docs/{page})" not in readme] == []

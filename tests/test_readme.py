@@ -1,10 +1,11 @@
-"""Every command README.md shows in its ```bash blocks that runs one of our commands
+"""Every command README.md and the manual's pages (docs/*.md) show in their ```bash blocks that
+runs one of our commands
 (`uv run mlp-<kind> ...`, or `uv run python -m mlp_experiments.<kind> ...`), run as a user runs
 it: a subprocess in a fresh working directory, the environment's console script (what `uv run
 mlp-<kind>` starts) or Python, one SQLite tracking store of its own and small-size overrides
 appended per kind.
 
-The commands are read from README.md, so a new one is covered automatically; one of a kind this
+The commands are read from the pages, so a new one is covered automatically; one of a kind this
 file does not know fails, so that none goes untested. Placeholders (`<id>`) are filled from the
 commands that make them. The commands share one working directory as a user's would (the
 default study storage `./optuna.db` included: the second search resumes the first) and run two
@@ -80,18 +81,27 @@ class Command:
         return [sys.executable, "-m", PACKAGE + self.kind]
 
 
+def pages() -> list[Path]:
+    """README.md, then the manual's pages (docs/*.md; the reports under docs/ are outputs)."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_commands() -> list[Command]:
-    blocks = re.findall(r"^```bash\n(.*?)^```", (REPO / "README.md").read_text(),
-                        flags=re.MULTILINE | re.DOTALL)
-    commands = []
+    blocks = [block for page in pages()
+              for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(),
+                                      flags=re.MULTILINE | re.DOTALL)]
+    commands, seen = [], set()
     for line in "\n".join(blocks).splitlines():
         words = shlex.split(line, comments=True)
         if tuple(words[:4]) == PREFIX and len(words) > 4 and words[4].startswith(PACKAGE):
-            commands.append(Command(len(commands), words[4].removeprefix(PACKAGE),
-                                    tuple(words[5:]), script=False))
+            found = (words[4].removeprefix(PACKAGE), tuple(words[5:]), False)
         elif tuple(words[:2]) == PREFIX[:2] and len(words) > 2 and words[2].startswith(SCRIPT):
-            commands.append(Command(len(commands), words[2].removeprefix(SCRIPT),
-                                    tuple(words[3:]), script=True))
+            found = (words[2].removeprefix(SCRIPT), tuple(words[3:]), True)
+        else:
+            continue
+        if found not in seen:  # the quickstart repeats some of the manual's: run once
+            seen.add(found)
+            commands.append(Command(len(commands), *found))
     return commands
 
 

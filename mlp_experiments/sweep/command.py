@@ -87,7 +87,8 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
     if on_slurm and sqlite_path(storage_url(sweep)) is not None:
         lines.append("  note: a SQLite storage is safe on Slurm only where every task sees this "
                      "file on one filesystem with working POSIX locks (one node, Lustre, GPFS; "
-                     "not NFS): across nodes use PostgreSQL (README, Running on a Slurm cluster)")
+                     "not NFS): across nodes use PostgreSQL (docs/scaling.md, Running on a "
+                     "Slurm cluster)")
     print("\n".join(lines), flush=True)
 
 
