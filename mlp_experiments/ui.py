@@ -65,22 +65,29 @@ def study_storage_exists(storage: str) -> bool:
     return database is None or database.is_file()  # a server: optuna-dashboard will say
 
 
-def commands(cfg: DictConfig) -> list[tuple[str, list[str], str]]:
-    """(name, command, address) of each server to start."""
-    host, ui = cfg.ui.host, cfg.ui
-    servers = [("MLflow UI",
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                 cfg.tracking.uri, "--host", host, "--port", str(ui.port), "--workers", "1",
-                 "--app-name", "mlp-experiments"],  # opens on the training view: mlflow_app.py
-                f"http://{host}:{ui.port}")]
-    if study_storage_exists(ui.storage):
-        # Beside this interpreter: the environment need not be activated.
-        dashboard = Path(sys.executable).parent / "optuna-dashboard"
-        servers.append(("Optuna dashboard",
-                        [str(dashboard), ui.storage, "--host", host,
-                         "--port", str(ui.dashboard_port)],
-                        f"http://{host}:{ui.dashboard_port}"))
-    return servers
+# MLflow 3's server also starts a job runner with seven huey consumers (about 1.4 GB) for its
+# GenAI scorers and trace roll-ups; MLP runs use neither.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def mlflow_server(cfg: DictConfig) -> tuple[str, list[str], str]:
+    """(name, command, address) of the MLflow UI."""
+    host, port = cfg.ui.host, cfg.ui.port
+    return ("MLflow UI",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.tracking.uri,
+             "--host", host, "--port", str(port), "--workers", "1",
+             "--app-name", "mlp-experiments"],  # opens on the training view: mlflow_app.py
+            f"http://{host}:{port}")
+
+
+def dashboard_server(cfg: DictConfig) -> tuple[str, list[str], str]:
+    """(name, command, address) of optuna-dashboard, beside this interpreter (the environment
+    need not be activated)."""
+    host, port = cfg.ui.host, cfg.ui.dashboard_port
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    return ("Optuna dashboard",
+            [str(dashboard), cfg.ui.storage, "--host", host, "--port", str(port)],
+            f"http://{host}:{port}")
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -117,28 +124,35 @@ def start_reaper(processes: list[subprocess.Popen]) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def start(server: tuple[str, list[str], str], processes: list[subprocess.Popen]) -> None:
+    name, command, address = server
+    processes.append(subprocess.Popen(command, start_new_session=True, env=SERVER_ENV))
+    start_reaper(processes[-1:])
+    print(f"{name}: {address}", flush=True)
+
+
 def serve(cfg: DictConfig) -> None:
+    """The MLflow UI, and optuna-dashboard once the study storage exists (a study created after
+    the start is picked up); until Ctrl-C, SIGTERM or a server's exit."""
     ui = cfg.ui
     for option in ("port", "dashboard_port"):
         if not 0 < ui[option] < 65536:
             raise UserError(f"ui.{option}={ui[option]}: a port is a number from 1 to 65535.")
-    servers = commands(cfg)
     ports = {ui.port, ui.dashboard_port}
     check_port_free(ui.host, ui.port, "ui.port", ports)
-    if len(servers) > 1:
-        check_port_free(ui.host, ui.dashboard_port, "ui.dashboard_port", ports)
+    check_port_free(ui.host, ui.dashboard_port, "ui.dashboard_port", ports)
     # SIGTERM (kill, docker stop, a CI timeout) stops the servers as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    processes = []
+    processes, dashboard = [], False
     try:
-        for _, command, _ in servers:
-            processes.append(subprocess.Popen(command, start_new_session=True))
-        start_reaper(processes)
-        for name, _, address in servers:
-            print(f"{name}: {address}", flush=True)
-        if len(servers) == 1:
-            print(f"(no study storage at {ui.storage}: no Optuna dashboard)", flush=True)
+        start(mlflow_server(cfg), processes)
+        if not study_storage_exists(ui.storage):
+            print(f"(no study storage at {ui.storage} yet: optuna-dashboard starts when a "
+                  f"sweep creates it)", flush=True)
         while all(process.poll() is None for process in processes):
+            if not dashboard and study_storage_exists(ui.storage):
+                start(dashboard_server(cfg), processes)
+                dashboard = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

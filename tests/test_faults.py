@@ -455,3 +455,35 @@ def test_the_servers_of_a_sigkilled_mlp_ui_die_with_it_and_free_their_ports(tmp_
     wait_for(lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
                              for child in servers), timeout=60)
     assert not any(answers(url) for url in urls)
+
+
+def test_mlp_ui_starts_the_dashboard_once_a_sweep_creates_the_study_storage(tmp_path):
+    """No study storage at the start: the MLflow UI alone (without MLflow's job runner and its
+    seven huey consumers: no GenAI jobs here); the dashboard follows once the file appears."""
+    import psutil
+    from conftest import answers, two_free_ports
+
+    port, dashboard_port = two_free_ports()
+    storage = tmp_path / "optuna.db"
+    ui = start([sys.executable, "-m", "mlp_experiments.ui", f"ui.port={port}",
+                f"ui.dashboard_port={dashboard_port}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"ui.storage=sqlite:///{storage}"], tmp_path, "ui.log")
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health") or ui.poll() is not None,
+                 every=1)
+        assert ui.poll() is None, (tmp_path / "ui.log").read_text()
+        log = (tmp_path / "ui.log").read_text()
+        assert "optuna-dashboard starts when a sweep creates it" in log
+        commands = [" ".join(child.cmdline())
+                    for child in psutil.Process(ui.pid).children(recursive=True)]
+        assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+        optuna.create_study(study_name="later", storage=f"sqlite:///{storage}")
+        wait_for(lambda: answers(f"http://127.0.0.1:{dashboard_port}/") or ui.poll() is not None,
+                 every=1)
+        assert ui.poll() is None, (tmp_path / "ui.log").read_text()
+        assert (f"Optuna dashboard: http://127.0.0.1:{dashboard_port}"
+                in (tmp_path / "ui.log").read_text())
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
