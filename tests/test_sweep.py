@@ -1,6 +1,8 @@
 """Tiny synthetic sweeps through the real sweep command, storages and MLflow."""
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -8,7 +10,7 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from mlp_experiments.config.compose import CONF_DIR, compose_config
+from mlp_experiments.config.compose import CONF_DIR, check_overrides, compose_config
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.errors import UserError
 from mlp_experiments.stores import sqlite_lock
@@ -165,6 +167,66 @@ def test_the_workers_request_the_launcher_configs_resources_as_submitit_takes_th
     assert parameters["slurm_partition"] == "gpu" and parameters["gpus_per_node"] == 1
     assert parameters["timeout_min"] == launcher.timeout_min
     assert "slurm_qos" not in parameters  # unset: the cluster's default
+
+
+def stand_in(folder: Path, name: str, output: str) -> None:
+    """A Slurm client on PATH that prints `output` and records its arguments."""
+    script = folder / name
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / name}.calls\n"
+                      f"cat <<'EOF'\n{output}EOF\n")
+    script.chmod(0o755)
+
+
+SINFO = "debug* 2 7800 1:00:00\nbig 64 512000 infinite\n"  # two partitions, debug the default
+
+
+@pytest.mark.parametrize(("settings", "fixes"), [
+    ("{cpus_per_task: 4, mem_gb: 16}",
+     "Set sweep.slurm.cpus_per_task=2 sweep.slurm.mem_gb=7, or"),
+    ("{cpus_per_task: 1, mem_gb: 1, timeout_min: 90}", "Set sweep.slurm.timeout_min=60, or"),
+])
+def test_workers_that_no_node_of_the_partition_fits_are_refused_before_sbatch(
+        tmp_path, monkeypatch, settings, fixes):
+    stand_in(tmp_path, "sinfo", SINFO)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sweep = spec.load_sweep("search_mlp", ["launcher=slurm", f"slurm={settings}"])
+    with pytest.raises(UserError) as error:
+        slurm.job_settings(sweep)
+    assert "would keep these jobs PENDING for ever (PartitionConfig)" in str(error.value)
+    assert "partition debug's largest node has 2 CPUs and 7800 MB" in str(error.value)
+    assert fixes in str(error.value)
+    fits = spec.load_sweep("search_mlp", ["launcher=slurm", "slurm={partition: big}"])
+    assert slurm.job_settings(fits)["partition"] == "big"  # 4 CPUs, 16 GB: a big node has them
+
+
+def test_a_multirun_that_no_node_fits_is_refused_before_sbatch(tmp_path, monkeypatch):
+    stand_in(tmp_path, "sinfo", SINFO)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(UserError, match="Set hydra.launcher.cpus_per_task=2 "
+                                        "hydra.launcher.mem_gb=7"):
+        check_overrides(["hydra/launcher=slurm"])
+
+
+def test_following_stops_and_cancels_an_array_that_can_never_start(tmp_path, monkeypatch):
+    stand_in(tmp_path, "squeue", "77_0 PENDING PartitionConfig\n77_1 PENDING PartitionConfig\n")
+    stand_in(tmp_path, "scancel", "")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    jobs = [SimpleNamespace(job_id="77_0"), SimpleNamespace(job_id="77_1")]
+    with pytest.raises(UserError, match="Slurm array 77 can never start: its tasks are PENDING "
+                                        "with reason PartitionConfig"):
+        slurm.follow(optuna.create_study(), jobs, n_trials=4)
+    assert (tmp_path / "scancel.calls").read_text() == "77\n"
+
+
+def test_following_shows_why_tasks_wait(tmp_path, monkeypatch, capsys):
+    stand_in(tmp_path, "squeue", "78_0 RUNNING None\n78_1 PENDING Resources\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "FOLLOW_S", 0)
+    monkeypatch.setattr(slurm, "ended_trials", lambda study: [None] * (study.calls.pop()))
+    study = SimpleNamespace(calls=[1, 0])  # one trial ended at the second look
+    assert slurm.follow(study, [SimpleNamespace(job_id="78_0")], n_trials=1) == 0
+    assert ("trials: 0/1 ended | Slurm array 78: 1 PENDING (Resources), 1 RUNNING"
+            in capsys.readouterr().out)
 
 
 # ---------------------------------------------------------------------------- running sweeps

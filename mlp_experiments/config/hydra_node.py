@@ -10,13 +10,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from mlp_experiments.cluster import check_fits_partition
 from mlp_experiments.config.policy import check_keys, children
 from mlp_experiments.errors import UserError
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 LAUNCHERS = frozenset({
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    SLURM_LAUNCHER,
 })
 SWEEPERS = frozenset({"hydra._internal.core_plugins.basic_sweeper.BasicSweeper"})
 # Logging configs are handed to logging.config.dictConfig, which imports and calls what they
@@ -109,6 +111,8 @@ def check_hydra_config(cfg: DictConfig) -> None:
             raise UserError(f"hydra.{key} must stay empty: {GUARDED_HYDRA_KEYS[f'hydra.{key}']}.")
     _check_plugin("hydra.launcher", tree["launcher"], LAUNCHERS)
     check_launcher_settings("hydra.launcher", tree["launcher"])
+    if tree["launcher"]["_target_"] == SLURM_LAUNCHER:  # the jobs must fit a node
+        check_fits_partition("hydra.launcher", tree["launcher"])
     _check_plugin("hydra.sweeper", tree["sweeper"], SWEEPERS)
     for key in ("job_logging", "hydra_logging"):
         check_logging(f"hydra.{key}", tree[key])

@@ -21,6 +21,7 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from mlp_experiments.cluster import check_fits_partition
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.hydra_node import check_launcher_settings
 from mlp_experiments.errors import UserError
@@ -31,6 +32,12 @@ from mlp_experiments.sweep.worker import ParentRun
 JOBS_DIR = Path("slurm")
 FOLLOW_S = 5  # how often the command looks at the study and the queue
 QUEUE_PATIENCE = 12  # squeue failures in a row (a minute) before the command gives up following
+
+# Reasons a pending job gives that no wait clears: it asks what its partition, account or QOS
+# can never grant (squeue's %r; Slurm's "Job Reason Codes").
+NEVER_CLEARS = frozenset({"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
+                          "BadConstraints", "InvalidAccount", "InvalidQOS"})
+NEVER_CLEARS_WHY = "it asks more than its partition, account or QOS can ever grant"
 
 # Keys of the launcher config that are Hydra's own (its sweep folder and job name).
 HYDRA_ONLY = ("_target_", "submitit_folder", "name")
@@ -53,6 +60,7 @@ def job_settings(sweep: DictConfig) -> dict[str, Any]:
     except OmegaConfBaseException as error:
         raise UserError(f"sweep.slurm: {str(error).splitlines()[0]}") from None
     check_launcher_settings("sweep.slurm", resolved)
+    check_fits_partition("sweep.slurm", resolved)
     return resolved
 
 
@@ -135,6 +143,14 @@ def follow(study, jobs: list, n_trials: int) -> int:
                 states = None
             queue = "squeue failed" if states is None else ", ".join(
                 f"{n} {state}" for state, n in sorted(Counter(states.values()).items()))
+            stuck = {state.partition(" (")[2].rstrip(")") for state in (states or {}).values()}
+            if states and stuck <= NEVER_CLEARS:
+                cancel(array)
+                raise UserError(
+                    f"Slurm array {array} can never start: its tasks are PENDING with reason "
+                    f"{', '.join(sorted(stuck))} ({NEVER_CLEARS_WHY}). It is cancelled; fix the "
+                    f"Slurm settings (sweep.slurm.<key>; squeue -j {array} -o %r says why) and "
+                    f"run the same command again.")
             line = f"trials: {ended}/{n_trials} ended | Slurm array {array}: " \
                    f"{queue or 'no task left in the queue'}"
             if line != last:
@@ -152,13 +168,22 @@ def follow(study, jobs: list, n_trials: int) -> int:
 
 
 def queue_states(array: str) -> dict[str, str]:
-    """Each task of the array still in Slurm's queue, with its state (PENDING, RUNNING, ...)."""
+    """Each task of the array still in Slurm's queue, with its state (PENDING, RUNNING, ...),
+    a pending task's with the reason it waits: `PENDING (Resources)`."""
     listing = subprocess.run(["squeue", "--noheader", "--array", "--jobs", array,
-                              "--format", "%i %T"], capture_output=True, text=True, timeout=60)
+                              "--format", "%i %T %r"], capture_output=True, text=True, timeout=60)
     if listing.returncode != 0:
         if "Invalid job id" in listing.stderr:  # the array left the controller's memory
             return {}
         raise subprocess.CalledProcessError(listing.returncode, listing.args,
                                             listing.stdout, listing.stderr)
-    return dict(line.split() for line in listing.stdout.splitlines() if line.strip())
+    states = {}
+    for task, state, reason in (line.split(maxsplit=2) for line in listing.stdout.splitlines()
+                                if len(line.split()) == 3):
+        states[task] = f"{state} ({reason})" if state == "PENDING" else state
+    return states
+
+
+def cancel(array: str) -> None:
+    subprocess.run(["scancel", array], capture_output=True, timeout=60)
 
