@@ -59,7 +59,7 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4().hex
 def check_store(uri: str) -> None:
     """The store must exist: opening a missing SQLite file would create an empty one (and then
     report that the run is not there), a missing server would be retried for minutes."""
-    from mlp_experiments.stores import check_server, sqlite_path
+    from mlp_experiments.stores import check_database, check_server, sqlite_path
 
     if uri.startswith(("http://", "https://")):
         check_server(uri)
@@ -68,6 +68,7 @@ def check_store(uri: str) -> None:
             f"No MLflow store at {uri}: pass the store the run was recorded in, "
             f"tracking.uri=<uri> (or set MLFLOW_TRACKING_URI)."
         )
+    check_database(uri, "tracking.uri")
 
 
 def typed(node: DictConfig, schema, what: str) -> DictConfig:

@@ -1,15 +1,18 @@
-"""What a run's record needs before MLflow is imported: a tracking server that answers, a
-SQLite store that can be written, and the git commit that runs."""
+"""What a run's record needs before MLflow or Optuna is imported: a tracking server that
+answers, a SQLite file that is one and can be written, a database server that answers, and the
+git commit that runs."""
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mlp_experiments.errors import UserError
 from mlp_experiments.locks import file_lock
@@ -59,6 +62,38 @@ def check_local_store(uri: str) -> None:
             f"tracking.uri at a writable place, e.g. tracking.uri=sqlite:///mlflow.db, or "
             f"record nothing with tracking=none."
         )
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def check_database(uri: str, key: str) -> None:
+    """A store given by `key` (tracking.uri, sweep.storage) that cannot be what it says fails
+    now with its name and the fix, not as SQLAlchemy's error after the imports: a file that is
+    not an SQLite database, a database server that does not answer."""
+    database = sqlite_path(uri)
+    if database is not None and database.is_file():
+        try:
+            with open(database, "rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise UserError(f"{key}={uri}: {database} cannot be read ({error.strerror}): fix "
+                            f"its permissions, or point {key} at another file.") from None
+        if header and header != SQLITE_HEADER:
+            raise UserError(f"{key}={uri}: {database} is not an SQLite database. Move it aside "
+                            f"(mv {database} {database}.broken) to start a new one, or point "
+                            f"{key} at the right file.")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    if scheme in DATABASE_PORTS and parts.hostname:
+        address = (parts.hostname, parts.port or DATABASE_PORTS[scheme])
+        try:
+            socket.create_connection(address, timeout=5).close()
+        except OSError as error:
+            raise UserError(f"{key}={redact(uri)}: the database server at {address[0]}:"
+                            f"{address[1]} does not answer ({error.strerror or error}). Start "
+                            f"it, or fix the host and port in {key}.") from None
 
 
 @functools.cache

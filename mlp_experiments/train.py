@@ -125,6 +125,7 @@ def already_ended(state: dict, checkpoint, tracker, run_id: str | None):
 def open_tracker(tracking_cfg: DictConfig):
     if not tracking_cfg.enabled:
         return None
+    stores.check_database(tracking_cfg.uri, "tracking.uri")
     stores.check_local_store(tracking_cfg.uri)
     if tracking_cfg.uri.startswith(("http://", "https://")):
         stores.check_server(tracking_cfg.uri)

@@ -247,3 +247,32 @@ def test_the_training_command_refuses_before_writing_anything(tmp_path, override
     assert "Traceback" not in output, output
     assert key in output, output
     assert list(tmp_path.iterdir()) == [], output  # no outputs/, checkpoints/, mlflow.db
+
+
+@pytest.mark.parametrize(("command", "store", "message"), [
+    (["mlp_experiments.train", "data=synthetic"], "mlflow.db",
+     "tracking.uri=sqlite:///mlflow.db: mlflow.db is not an SQLite database. Move it aside"),
+    (["mlp_experiments.evaluate", "evaluate.run_id=" + "0" * 32], "mlflow.db",
+     "tracking.uri=sqlite:///mlflow.db: mlflow.db is not an SQLite database"),
+    (["mlp_experiments.sweep", "sweep=search_mlp", "tracking=none"], "optuna.db",
+     "sweep.storage=sqlite:///optuna.db: optuna.db is not an SQLite database"),
+    (["mlp_experiments.report", "sweep=search_mlp", "tracking=none"], "optuna.db",
+     "sweep.storage=sqlite:///optuna.db: optuna.db is not an SQLite database"),
+    (["mlp_experiments.sweep", "sweep=search_mlp", "tracking=none",
+      "sweep.storage=postgresql://mlp@127.0.0.1:9/studies"], None,
+     "sweep.storage=postgresql://mlp@127.0.0.1:9/studies: the database server at 127.0.0.1:9 "
+     "does not answer"),
+])
+def test_a_store_that_is_not_what_it_says_is_named_and_kept(tmp_path, command, store, message):
+    """A garbage SQLite file, a database server that does not answer: one message naming the
+    store and the fix, nothing changed in the file."""
+    garbage = b"not a database, but someone's notes\n" * 20
+    if store:
+        (tmp_path / store).write_bytes(garbage)
+    result = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert message in output, output
+    if store:
+        assert (tmp_path / store).read_bytes() == garbage

@@ -24,7 +24,7 @@ from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
-from mlp_experiments.stores import sqlite_path
+from mlp_experiments.stores import check_database, sqlite_path
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
@@ -100,6 +100,7 @@ def load_existing_study(sweep: DictConfig, name: str):
     database = sqlite_path(url)
     if database is not None and not database.is_file():
         raise missing
+    check_database(url, "sweep.storage")
     try:
         return optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))
     except KeyError:

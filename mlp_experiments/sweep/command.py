@@ -21,7 +21,7 @@ from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
 from mlp_experiments.redact import redact
-from mlp_experiments.stores import sqlite_path
+from mlp_experiments.stores import check_database, sqlite_path
 from mlp_experiments.sweep import stages
 from mlp_experiments.sweep.presets import best_preset_command, publish_best_preset
 from mlp_experiments.sweep.space import parse_space
@@ -99,6 +99,7 @@ def run_sweep(arguments: list[str]):
     _, arguments = cli.parse(COMMAND, arguments)
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
+    check_database(storage_url(sweep), "sweep.storage")
     slurm_settings = None
     if sweep.launcher == "slurm":  # its settings checked before anything starts
         from mlp_experiments.sweep import slurm
@@ -112,6 +113,8 @@ def run_sweep(arguments: list[str]):
         check_space(sweep, training, distributions)
     base = compose_config([*sweep.overrides, *training])
     tracking_uri = base.tracking.uri if base.tracking.enabled else None
+    if tracking_uri:
+        check_database(tracking_uri, "tracking.uri")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plan says which studies open
