@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mlp_experiments import cli
@@ -92,11 +92,15 @@ def run_config(client, run_id: str, folder: str) -> DictConfig:
             f"shows it on the run page) and tracking.uri."
         ) from None
     try:
-        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+        path = client.download_artifacts(run_id, "config.yaml", folder)
     except mlflow.exceptions.MlflowException:
         raise UserError(
             f"Run {run_id} has no config.yaml: it was not recorded by mlp_experiments.train."
         ) from None
+    cfg = plain_config(Path(path), run_id)
+    if cfg.get("data", {}).get("name") not in {name.value for name in DatasetName}:
+        raise UserError(f"Run {run_id}'s config.yaml names no dataset we read (data.name): it "
+                        f"was not written by train.")
     cfg.data = typed(cfg.data, data_schema(DatasetName(cfg.data.name)), "data")
     target = cfg.model.get("_target_")
     if target not in MODEL_SCHEMAS:
@@ -107,6 +111,39 @@ def run_config(client, run_id: str, folder: str) -> DictConfig:
     cfg.model = typed(cfg.model, MODEL_SCHEMAS[target], "model")
     validate(cfg)
     return cfg
+
+
+def plain_config(path: Path, run_id: str) -> DictConfig:
+    """A run's config.yaml as train writes it: a YAML mapping of plain values (no tags, no
+    interpolation: train writes the resolved config)."""
+    import yaml
+
+    written_by = "train writes a resolved mapping of plain values"
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as error:
+        problem = str(error).splitlines()[0]
+        raise UserError(f"Run {run_id}'s config.yaml cannot be read as a config ({problem}): "
+                        f"{written_by}.") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"Run {run_id}'s config.yaml is not a mapping: {written_by}.")
+    interpolated = interpolations(cfg)
+    if interpolated:
+        raise UserError(f"Run {run_id}'s config.yaml holds an interpolation at "
+                        f"{interpolated[0]}: {written_by}.")
+    return cfg
+
+
+def interpolations(node, path: str = "") -> list[str]:
+    """The keys of a config that hold an interpolation, dotted."""
+    found = []
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        where = f"{path}.{key}".lstrip(".") if isinstance(node, DictConfig) else f"{path}[{key}]"
+        if OmegaConf.is_interpolation(node, key):
+            found.append(where)
+        elif isinstance(node[key], DictConfig | ListConfig):
+            found += interpolations(node[key], where)
+    return found
 
 
 def build_network(cfg: DictConfig, dataset):

@@ -201,6 +201,28 @@ def test_a_config_yaml_that_builds_other_objects_is_refused(log_run, tracking_ur
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("!!python/object/apply:os.system ['touch {marker}']\n", "cannot be read as a config"),
+    ("data: !!python/object/apply:os.system ['touch {marker}']\n", "cannot be read as a config"),
+    ("- a\n- list\n", "is not a mapping"),
+    ("data: {{name: fashion_mnist}}\nmodel: {{_target_: '${{oc.env:HOME}}'}}\n",
+     "holds an interpolation at model._target_"),
+    ("data: {{name: '${{model.x}}'}}\nmodel: {{x: 1}}\n", "holds an interpolation at data.name"),
+    ("data: {{name: imagenet}}\n", "names no dataset we read"),
+], ids=["python-tag", "nested-python-tag", "list", "target-interpolation",
+        "name-interpolation", "unknown-dataset"])
+def test_a_config_yaml_that_is_not_train_s_is_refused_in_one_message(
+        log_run, tracking_uri, tmp_path, text, message):
+    _, run_id = log_run()
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "config.yaml"
+    path.write_text(text.format(marker=marker))
+    replace_artifact(tracking_uri, run_id, path, None)
+    with pytest.raises(UserError, match=message):
+        evaluate.evaluate(run_id, tracking_uri, tmp_path / "out")
+    assert not marker.exists()
+
+
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"  # the form of a run id, of no run
 
 
