@@ -27,6 +27,7 @@ from mlp_experiments.config.checks import model_shape, validate
 from mlp_experiments.config.choices import DatasetName
 from mlp_experiments.config.registry import SCHEMAS, data_schema, register_configs
 from mlp_experiments.errors import UserError
+from mlp_experiments.stores import check_folder
 
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
 MODEL_SCHEMAS = {schema._target_: schema for schema in SCHEMAS["model"].values()}
@@ -279,6 +280,7 @@ def main(arguments: list[str] | None = None) -> None:
     try:
         cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
         run_id, out = cfg.evaluate.run_id, Path(cfg.evaluate.out_dir)
+        check_folder(out, "evaluate.out_dir")
         result = evaluate(run_id, cfg.tracking.uri, out)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None

@@ -44,6 +44,7 @@ from mlp_experiments.cli import described
 from mlp_experiments.errors import UserError
 from mlp_experiments.locks import file_lock
 from mlp_experiments.redact import redact
+from mlp_experiments.stores import check_folder
 
 INDEX_VARIABLES = ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX")  # the first set wins
 NO_INDEX = ("no package index is configured: set UV_DEFAULT_INDEX (or PIP_INDEX_URL) to the "
@@ -378,6 +379,7 @@ COMMAND = cli.Command(
 def main(arguments: list[str] | None = None) -> None:
     try:
         cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
+        check_folder(cfg.fetch.cache_dir, "fetch.cache_dir")
         fetch(cfg.fetch.dataset.value, Path(cfg.fetch.cache_dir).expanduser())
     except UserError as error:
         raise SystemExit(f"error: {error}") from None

@@ -27,6 +27,7 @@ from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.errors import UserError
+from mlp_experiments.stores import check_folder
 
 if TYPE_CHECKING:  # a run's figures need no torch: the recorder process never imports it
     import torch
@@ -215,6 +216,7 @@ def main(arguments: list[str] | None = None) -> None:
         cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
         if cfg.plots.epochs < 1:
             raise UserError(f"plots.epochs={cfg.plots.epochs} must be at least 1.")
+        check_folder(cfg.plots.out_dir, "plots.out_dir")
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     name = cfg.plots.figure.value

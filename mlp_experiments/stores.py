@@ -8,6 +8,7 @@ import functools
 import os
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from contextlib import AbstractContextManager, nullcontext
@@ -94,6 +95,23 @@ def check_database(uri: str, key: str) -> None:
             raise UserError(f"{key}={redact(uri)}: the database server at {address[0]}:"
                             f"{address[1]} does not answer ({error.strerror or error}). Start "
                             f"it, or fix the host and port in {key}.") from None
+
+
+def check_folder(folder: str | Path, key: str) -> None:
+    """A folder the command will create or write (an output or checkpoint folder, a cache):
+    named with the OS's reason now, before any work, rather than as a traceback later. Tried
+    by creating a temporary folder in its nearest existing parent: nothing is left behind."""
+    path = Path(folder).expanduser().absolute()
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(0, "a file is in the way", str(parent))
+        with tempfile.TemporaryDirectory(dir=parent):
+            pass
+    except OSError as error:
+        raise UserError(f"{key}={folder}: this folder cannot be created or written here "
+                        f"({error.strerror} in {parent}). Choose a folder you can write, e.g. "
+                        f"under your home or the working directory.") from None
 
 
 @functools.cache

@@ -276,3 +276,25 @@ def test_a_store_that_is_not_what_it_says_is_named_and_kept(tmp_path, command, s
     assert message in output, output
     if store:
         assert (tmp_path / store).read_bytes() == garbage
+
+
+UNWRITABLE = "/proc/mlp-experiments"  # procfs: no one, root included, creates a folder there
+
+
+@pytest.mark.parametrize(("command", "key"), [
+    (["mlp_experiments.train", "data=synthetic", "tracking=none"], "hydra.run.dir"),
+    (["mlp_experiments.train", "-m", "data=synthetic", "tracking=none"], "hydra.sweep.dir"),
+    (["mlp_experiments.train", "data=synthetic", "tracking=none"], "trainer.checkpoint_dir"),
+    (["mlp_experiments.plots", "plots.figure=activations"], "plots.out_dir"),
+    (["mlp_experiments.fetch", "fetch.dataset=mnist"], "fetch.cache_dir"),
+    (["mlp_experiments.evaluate", "evaluate.run_id=" + "0" * 32], "evaluate.out_dir"),
+    (["mlp_experiments.report", "sweep=search_mlp", "tracking=none"], "report.out_dir"),
+])
+def test_every_folder_a_command_writes_is_checked_before_any_work(tmp_path, command, key):
+    result = subprocess.run([sys.executable, "-m", *command, f"{key}={UNWRITABLE}/out"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert f"error: {key}={UNWRITABLE}/out: this folder cannot be created or written here" \
+        in output, output
+    assert list(tmp_path.iterdir()) == [], output

@@ -143,11 +143,30 @@ def check_command_line(overrides: list[str], config_name: str = "train",
     environment from its Hydra node before train() runs."""
     where = (config_name, config_dir, extra_dir)
     first = one_value_each(overrides, config_dir, extra_dir)[0]
-    hydra = _checked(first, *where)[1]
+    cfg, hydra = _checked(first, *where)
+    check_output_folders(cfg, hydra)
     params = [f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items()]
     for job in one_value_each([*params, *overrides], config_dir, extra_dir):
         if job != first:
             _checked(job, *where)
+
+
+def check_output_folders(cfg: DictConfig, hydra: DictConfig) -> None:
+    """The folders a training writes (Hydra's run or sweep folder, the checkpoints) can be
+    created, checked before Hydra creates the first one."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mlp_experiments.stores import check_folder
+
+    for key in ("run.dir", "sweep.dir"):
+        try:
+            folder = OmegaConf.select(hydra, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException:  # refers to the job's own node: Hydra will say
+            continue
+        check_folder(folder, f"hydra.{key}")
+    if "trainer" in cfg:
+        check_folder(cfg.trainer.checkpoint_dir, "trainer.checkpoint_dir")
 
 
 def one_value_each(overrides: list[str], config_dir: Path = CONF_DIR,

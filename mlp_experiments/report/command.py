@@ -24,7 +24,7 @@ from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.errors import UserError
-from mlp_experiments.stores import check_database, sqlite_path
+from mlp_experiments.stores import check_database, check_folder, sqlite_path
 from mlp_experiments.sweep.spec import (
     SweepConfig,
     available_sweeps,
@@ -110,6 +110,7 @@ def load_existing_study(sweep: DictConfig, name: str):
 def run_report(arguments: list[str]) -> Path:
     cfg, arguments = cli.parse(COMMAND, arguments)
     out = Path(cfg.report.out_dir)
+    check_folder(out, "report.out_dir")
     name, sweep_overrides, training = split_arguments(arguments)
     sweep = load_sweep(name, sweep_overrides)
     study = load_existing_study(sweep, name)
