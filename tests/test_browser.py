@@ -573,30 +573,27 @@ def test_optuna_dashboard_lists_the_study_and_shows_its_trials(page, servers, st
 
 
 @pytest.mark.parametrize("option", ["ui.port", "ui.dashboard_port"])
-def test_a_port_in_use_is_refused_quickly_with_another_suggested(tmp_path, option):
+def test_a_port_in_use_is_refused_before_any_server_starts(tmp_path, option):
     ports = dict(zip(("ui.port", "ui.dashboard_port"), two_free_ports(), strict=True))
     (tmp_path / "optuna.db").touch()  # a study storage: the dashboard's port is checked too
     with socket.socket() as taken:
         taken.bind((HOST, ports[option]))
         taken.listen()
-        started = time.monotonic()
         finished = subprocess.run(
             [sys.executable, "-m", "mlp_experiments.ui", *(f"{k}={v}" for k, v in ports.items()),
              f"ui.host={HOST}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
              f"ui.storage=sqlite:///{tmp_path / 'optuna.db'}"],
             cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )
-        elapsed = time.monotonic() - started
     assert finished.returncode != 0
     assert "in use" in finished.stderr
     assert f"{option}={ports[option] + 1}" in finished.stderr
     assert "Traceback" not in finished.stderr
-    assert elapsed < 30, f"took {elapsed:.0f} s to refuse"
     assert not (tmp_path / "mlflow.db").exists()  # no server was started
 
 
 def test_sigint_stops_both_servers_and_frees_their_ports(servers):
-    """Last but one in the module: the browser tests need the servers."""
+    """Last in the module: the browser tests need the servers."""
     assert servers.process.poll() is None, servers.output()
     servers.process.send_signal(signal.SIGINT)  # as `kill -INT`; Ctrl-C signals the group
     try:
@@ -611,13 +608,9 @@ def test_sigint_stops_both_servers_and_frees_their_ports(servers):
         time.sleep(0.5)
     assert group_members(servers.process.pid) == [], "processes left behind after SIGINT"
     assert nothing_listens(servers.port) and nothing_listens(servers.dashboard_port)
-
-
-def test_the_command_may_start_again_at_once_on_the_ports_it_freed(servers):
+    # The command may start again at once on the ports it freed.
     from mlp_experiments.ui import check_port_free
 
-    if servers.process.poll() is None:
-        pytest.skip("the servers are still running")
     ports = {servers.port, servers.dashboard_port}
     check_port_free(HOST, servers.port, "ui.port", ports)  # raises UserError if it looks in use
     check_port_free(HOST, servers.dashboard_port, "ui.dashboard_port", ports)

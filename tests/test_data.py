@@ -315,7 +315,10 @@ def test_a_fetch_killed_mid_download_leaves_nothing_where_training_looks(tmp_pat
     while not any(path == "/train-images-idx3-ubyte.gz" for path, _ in server.seen):
         assert time.monotonic() < deadline and process.poll() is None, "the fetch never started"
         time.sleep(0.1)
-    time.sleep(0.5)  # the first half arrives
+    staging = cache / ".MNIST-fetching"
+    while not any(path.is_file() and path.stat().st_size for path in staging.rglob("*")):
+        assert time.monotonic() < deadline and process.poll() is None, "nothing arrived"
+        time.sleep(0.1)  # until the first half of the file is on disk
     process.kill()
     process.wait()
     assert not (cache / "MNIST").exists()  # where training looks: nothing

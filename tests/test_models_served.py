@@ -72,12 +72,23 @@ def test_system_metrics_are_one_switch(synthetic_cfg, tracking_uri, request, mon
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
 
-    def slow_epoch(epoch, metrics):
+    client = MlflowClient(tracking_uri)
+
+    def until_sampled(epoch, metrics):
+        """Each epoch waits for the monitor's next sample in the store (seconds apart)."""
         import time
 
-        time.sleep(2.5)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            (experiment,) = [e for e in client.search_experiments()
+                             if e.name == request.node.name]
+            (run,) = client.search_runs([experiment.experiment_id])
+            cpu = [m for m in run.data.metrics if m.startswith("system/cpu_utilization")]
+            if cpu and len(client.get_metric_history(run.info.run_id, cpu[0])) >= epoch:
+                return
+            time.sleep(0.2)
 
-    train(synthetic_cfg("tracking.system_metrics=true"), hooks=(slow_epoch,))
+    train(synthetic_cfg("tracking.system_metrics=true"), hooks=(until_sampled,))
     _, run = only_run(tracking_uri, request.node.name)
     assert any(name.startswith("system/cpu_utilization") for name in run.data.metrics)
     assert any(name.startswith("system/system_memory_usage") for name in run.data.metrics)

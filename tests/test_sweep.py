@@ -380,8 +380,12 @@ def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
         trial = study.ask()
         trial.set_user_attr("mlflow_run_id", run_id)
         storage.record_heartbeat(trial._trial_id)
-    time.sleep(studies.STALE_AFTER_S + 1)  # the workers are silent: their heartbeats go stale
-    studies.more_to_run(study, n_trials=2)
+    # The workers are silent: once their heartbeats are stale, the next look fails their trials.
+    deadline = time.monotonic() + 600
+    while study.get_trials(states=(TrialState.RUNNING,)):
+        assert time.monotonic() < deadline, "the heartbeats never went stale"
+        studies.more_to_run(study, n_trials=2)
+        time.sleep(0.2)
     assert client.get_run(finished).info.status == "FINISHED"
     assert "outcome" not in client.get_run(finished).data.tags
     lost = client.get_run(running)
@@ -461,9 +465,10 @@ pruner: none
     worker = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sweep", *arguments],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = arguments[1].split("=", 1)[1]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a busy machine starts the worker slowly
     while time.monotonic() < deadline:  # wait for the trial's first reported epoch
-        time.sleep(1)
+        assert worker.poll() is None, "the worker ended before its first epoch"
+        time.sleep(0.5)
         try:
             with sqlite_lock(storage):
                 (trial,) = optuna.load_study(study_name="tiny_killed", storage=storage).trials
@@ -474,7 +479,8 @@ pruner: none
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     monkeypatch.setattr(studies, "STALE_AFTER_S", 3)
-    time.sleep(studies.STALE_AFTER_S + 1)
+    # No wait here: the sweep's worker itself waits for the killed trial's heartbeat to go
+    # stale, fails it and runs its retry.
     study = run_sweep([*arguments, "trainer.epochs=2"])  # the retry may train shorter
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
