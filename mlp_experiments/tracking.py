@@ -68,6 +68,9 @@ class InProcess:
     def close(self, abandon: bool = False) -> None:
         pass
 
+    def ended(self) -> bool:
+        return False
+
 
 class OwnProcess:
     """The recorder in a process of its own, which opens the store while this one goes on:
@@ -81,9 +84,16 @@ class OwnProcess:
         self.send("open", {"cfg": OmegaConf.to_container(cfg, resolve=True)})
 
     def send(self, name: str, arguments: dict) -> None:
-        self.process.stdin.write(json.dumps({"call": name, "arguments": arguments}) + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(json.dumps({"call": name, "arguments": arguments}) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):  # it died (killed, out of memory): no traceback
+            raise StoreError(f"the recording process ended (exit code "
+                             f"{self.process.wait()})") from None
         self.unanswered += 1
+
+    def ended(self) -> bool:
+        return self.process.poll() is not None
 
     def answer(self):
         line = self.process.stdout.readline()
@@ -108,7 +118,8 @@ class OwnProcess:
         if abandon:
             self.process.kill()
         elif not self.process.stdin.closed:
-            self.process.stdin.close()
+            with suppress(BrokenPipeError):  # it died: nothing is left to flush to
+                self.process.stdin.close()
         self.process.wait()
 
 
@@ -137,6 +148,8 @@ class MlflowTracker:
             raise
         except StoreError as error:
             self.end("crashed", retries=False)
+            if self.recorder.ended() and self.run_id:  # the recorder died: close its run here
+                self.close_run_here("crashed")
             raise TrackingUnavailable(
                 f"MLflow stopped taking the records of run {self.run_id} in {redact(self.cfg.uri)} "
                 f"({redact(str(error)).splitlines()[0][:300]}). Training stopped; the checkpoint "
@@ -185,6 +198,13 @@ class MlflowTracker:
     def end(self, outcome: str, retries: bool = True) -> None:
         with suppress(StoreError, UserError, RuntimeError):  # the run keeps what it recorded
             self.recorder.call("end", {"outcome": outcome, "retries": retries})
+
+    def close_run_here(self, outcome: str) -> None:
+        """End the run from this process, when the recorder that had it open is gone."""
+        from mlp_experiments import recorder
+
+        with suppress(Exception):  # the store itself may be what failed: the run stays open
+            recorder.end_if_running(self.cfg.uri, self.run_id, outcome)
 
     def discard(self, run_id: str) -> None:
         """Delete a run made for this training that recorded nothing (MLflow keeps it, marked

@@ -106,6 +106,32 @@ def test_the_job_signals_reaching_the_recorder_leave_the_run_to_the_trainer(tmp_
     assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_sigkilled_recorder_ends_the_run_failed_with_one_message_then_resume_completes(
+        tmp_path):
+    """The recording process killed (the OOM killer, a stray kill -9): no BrokenPipeError
+    traceback; the trainer closes the run FAILED itself and says how to resume; the resume
+    logs every epoch once."""
+    import psutil
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = train_command(tmp_path, uri, "trainer.epochs=6")
+    process = start(command, tmp_path, "train.log")
+    run = logged_epochs(uri, 2)
+    (recorder,) = [child for child in psutil.Process(process.pid).children()
+                   if "mlp_experiments.recorder" in child.cmdline()]
+    recorder.send_signal(signal.SIGKILL)
+    code, log = finish(process, tmp_path, "train.log")
+    assert code == 1 and "Traceback" not in log, log
+    assert "the recording process ended (exit code -9)" in log and "trainer.resume=true" in log
+    ended = MlflowClient(uri).get_run(run.info.run_id)
+    assert ended.info.status == "FAILED" and ended.data.tags["outcome"] == "crashed"
+
+    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
+                       tmp_path, "resume.log")
+    assert code == 0, log
+    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+
+
 def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=2", "data.train_size=2000")
