@@ -63,6 +63,18 @@ def explain_unknown_key(message: str, cfg: DictConfig | None) -> str:
     )
 
 
+def wrong_value(error: BaseException) -> str | None:
+    """OmegaConf's refusal of a value for its key's type, in one line: `trainer.epochs: Value
+    'abc' of type 'str' could not be converted to Integer.`; None for any other error."""
+    from omegaconf.errors import ValidationError
+
+    while error is not None:
+        if isinstance(error, ValidationError) and error.full_key:
+            return f"{error.full_key}: {str(error).splitlines()[0].rstrip('.')}."
+        error = error.__cause__
+    return None
+
+
 def with_causes(error: BaseException) -> str:
     lines = [str(error)]
     while error.__cause__ is not None:

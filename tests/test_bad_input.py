@@ -133,15 +133,15 @@ EXAMPLES = [
     (["data.classes=[0,10]"], "data.classes=[0, 10]: every class needs an integer in [0, 9]"),
     (["data.root=/nonexistent/mlp-data"], "data.root=/nonexistent/mlp-data is not a folder. "
      "Point it at a folder with the four IDX files"),
-    (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer\n"
-     "    full_key: trainer.epochs"),
-    (["optimizer.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float\n"
-     "    full_key: optimizer.lr"),
-    (["data.val_size=0.5"], "Value '0.5' of type 'float' could not be converted to Integer\n"
-     "    full_key: data.val_size"),
-    (["model.hidden_sizes=[wide]"], "full_key: model.hidden_sizes[0]"),
-    (["optimizer=adam", "optimizer.betas=0.9"], "float is not a ListConfig, list or tuple.\n"
-     "    full_key: optimizer.betas"),
+    (["trainer.epochs=abc"], "trainer.epochs: Value 'abc' of type 'str' could not be converted "
+     "to Integer."),
+    (["optimizer.lr=fast"], "optimizer.lr: Value 'fast' of type 'str' could not be converted to "
+     "Float."),
+    (["data.val_size=0.5"], "data.val_size: Value '0.5' of type 'float' could not be converted "
+     "to Integer."),
+    (["model.hidden_sizes=[wide]"], "model.hidden_sizes[0]: Value 'wide' of type 'str'"),
+    (["optimizer=adam", "optimizer.betas=0.9"], "optimizer.betas: Invalid value assigned: float "
+     "is not a ListConfig, list or tuple."),
     (["optimizer=adam", "optimizer.lr=???"], "These keys need a value: optimizer.lr."),
     (["scheduler=step", "scheduler.gamma=???"], "These keys need a value: scheduler.gamma."),
 ]
@@ -246,6 +246,7 @@ def test_the_training_command_refuses_before_writing_anything(tmp_path, override
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
     assert key in output, output
+    assert len(output.strip().splitlines()) == 1, output  # one message, one line
     assert list(tmp_path.iterdir()) == [], output  # no outputs/, checkpoints/, mlflow.db
 
 

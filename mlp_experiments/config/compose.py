@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from mlp_experiments.config import hydra_node
 from mlp_experiments.config.checks import validate
 from mlp_experiments.config.registry import register_configs
-from mlp_experiments.errors import UserError, explain_unknown_key, with_causes
+from mlp_experiments.errors import UserError, explain_unknown_key, with_causes, wrong_value
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -99,7 +99,8 @@ def _checked(overrides: list[str], *where: Any) -> tuple[DictConfig, DictConfig]
             base = compose_config(groups, *where)
         except (HydraException, OmegaConfBaseException):
             base = None
-        raise UserError(explain_unknown_key(with_causes(error), base)) from None
+        raise UserError(wrong_value(error)
+                        or explain_unknown_key(with_causes(error), base)) from None
     hydra_node.check_hydra_config(cfg)
     check_no_credentials(cfg)
     hydra = cfg.hydra
