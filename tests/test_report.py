@@ -480,12 +480,17 @@ def test_summarise_in_mlflow_without_completed_trials(tracking_uri, parent_run, 
 def test_a_tuned_comparison_costs_its_tuning_and_its_evaluation_together():
     tuning = {"sgd": search_study(), "adam": None}  # adam's tuning study not created yet
     evaluation = optuna.create_study(direction="maximize")
-    for _ in range(2):
-        add(evaluation, value=0.8, hist=history([0.8] * 3, 0.8), outcome="completed",
-            cpu_s=60.0)
+    variants = {"variant": CategoricalDistribution(["sgd", "adam"])}
+    for variant, cpu_s in (("sgd", 60.0), ("sgd", 60.0), ("adam", 30.0)):
+        add(evaluation, value=0.8, params={"variant": variant}, distributions=variants,
+            hist=history([0.8] * 3, 0.8), outcome="completed", cpu_s=cpu_s)
     add(evaluation, TrialState.RUNNING, hist=history([0.8], 0.8))  # not ended: not counted
+    # For scale: 5 seeds x 3 epochs per variant, at 20 s (sgd) and 10 s (adam) an epoch.
     assert cost_lines(evaluation, tuning) == [
         "## Cost", "",
         "- tuning: 7 trials, 14 epochs, 3 CPU-minutes (over the 6 trials that recorded it)",
-        "- evaluation: 2 trials, 6 epochs, 2 CPU-minutes",
-        "- in all: 9 trials, 20 epochs, 5 CPU-minutes (over the 8 trials that recorded it)"]
+        "- evaluation: 3 trials, 9 epochs, 2.5 CPU-minutes",
+        "- in all: 10 trials, 23 epochs, 5.5 CPU-minutes (over the 9 trials that recorded it)",
+        "- for scale, the same variants at one setting on 5 fixed seeds: 10 trials, 30 epochs, "
+        "7.5 CPU-minutes (estimated: their epochs at the CPU time per epoch measured here); "
+        "this comparison cost 0.7 times that"]

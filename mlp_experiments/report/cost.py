@@ -31,6 +31,7 @@ class Cost:
 
 
 NOTHING = Cost(0, 0, 0.0, 0)
+FIXED_SEEDS = 5  # the seeds of the comparisons at the notes' settings (docs/compare_*)
 
 
 def trials_cost(trials: list[FrozenTrial]) -> Cost:
@@ -51,12 +52,40 @@ def total_cost(study, tuning: dict[str, object] | None) -> Cost:
     return evaluated if tuning is None else tuning_cost(tuning) + evaluated
 
 
+def fixed_design_cost(study) -> Cost | None:
+    """What the same variants at one setting on FIXED_SEEDS seeds each would cost: their
+    epochs at the CPU time per epoch that this study's runs of each variant measured (the same
+    networks for as many epochs); None where a variant has no timed run."""
+    runs: dict[str, list[FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "cpu_s" in trial.user_attrs and trial.user_attrs.get("history"):
+            runs.setdefault(trial.params.get("variant"), []).append(trial)
+    if not runs or None in runs:
+        return None
+    epochs = cpu_s = 0.0
+    for trials in runs.values():
+        run_epochs = max(len(t.user_attrs["history"]) for t in trials)
+        per_epoch = sum(t.user_attrs["cpu_s"] for t in trials) / sum(
+            len(t.user_attrs["history"]) for t in trials)
+        epochs += FIXED_SEEDS * run_epochs
+        cpu_s += FIXED_SEEDS * run_epochs * per_epoch
+    n = FIXED_SEEDS * len(runs)
+    return Cost(n, int(epochs), cpu_s, n)
+
+
 def cost_lines(study, tuning: dict[str, object] | None) -> list[str]:
     """The report's cost section; `tuning` holds a tuned comparison's tuning studies."""
     evaluated = trials_cost(study.get_trials(deepcopy=False))
     lines = ["## Cost", ""]
     if tuning is None:
         return [*lines, f"{evaluated.describe()}."]
-    tuned = tuning_cost(tuning)
-    return [*lines, f"- tuning: {tuned.describe()}", f"- evaluation: {evaluated.describe()}",
-            f"- in all: {(tuned + evaluated).describe()}"]
+    tuned = tuning_cost(tuning) + evaluated
+    lines += [f"- tuning: {tuning_cost(tuning).describe()}",
+              f"- evaluation: {evaluated.describe()}", f"- in all: {tuned.describe()}"]
+    fixed = fixed_design_cost(study)
+    if fixed is not None and fixed.cpu_s > 0:
+        lines += [f"- for scale, the same variants at one setting on {FIXED_SEEDS} fixed seeds: "
+                  f"{fixed.describe()} (estimated: their epochs at the CPU time per epoch "
+                  f"measured here); this comparison cost {tuned.cpu_s / fixed.cpu_s:.1f} times "
+                  f"that"]
+    return lines
