@@ -69,6 +69,24 @@ def logged_epochs(uri: str, count: int):
     return wait_for(ready)
 
 
+def resume_records_every_epoch(command: list[str], folder: Path, uri: str, run_id: str) -> None:
+    """The same command with trainer.resume=true continues the run to FINISHED, each of its 6
+    epochs once."""
+    code, log = finish(start([*command, "trainer.resume=true"], folder, "resume.log"),
+                       folder, "resume.log")
+    assert code == 0, log
+    assert steps(uri, run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def recorder_of(process: subprocess.Popen):
+    import psutil
+
+    (recorder,) = [child for child in psutil.Process(process.pid).children()
+                   if "mlp_experiments.recorder" in child.cmdline()]
+    return recorder
+
+
 def test_sigkill_mid_run_then_resume_records_every_epoch_in_the_same_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=6")
@@ -78,12 +96,9 @@ def test_sigkill_mid_run_then_resume_records_every_epoch_in_the_same_run(tmp_pat
     process.wait()
     assert MlflowClient(uri).get_run(run.info.run_id).info.status == "RUNNING"  # no chance to say
 
-    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
-                       tmp_path, "resume.log")
-    assert code == 0, log
+    resume_records_every_epoch(command, tmp_path, uri, run.info.run_id)
     (again,) = runs(uri)
-    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
-    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert again.info.run_id == run.info.run_id  # the same run, continued
     assert int(again.data.tags["resumed_after_epoch"]) >= 2
 
 
@@ -91,13 +106,10 @@ def test_the_job_signals_reaching_the_recorder_leave_the_run_to_the_trainer(tmp_
     """Slurm signals every process of a job (SIGUSR2 before its time limit, SIGTERM on a
     requeue) and Ctrl-C reaches the whole terminal group: the recording process lives on
     through them, so the training process alone decides how the run ends, with every epoch."""
-    import psutil
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = start(train_command(tmp_path, uri, "trainer.epochs=6"), tmp_path, "train.log")
     run = logged_epochs(uri, 2)
-    (recorder,) = [child for child in psutil.Process(process.pid).children()
-                   if "mlp_experiments.recorder" in child.cmdline()]
+    recorder = recorder_of(process)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         recorder.send_signal(signum)
     code, log = finish(process, tmp_path, "train.log")
@@ -111,25 +123,17 @@ def test_a_sigkilled_recorder_ends_the_run_failed_with_one_message_then_resume_c
     """The recording process killed (the OOM killer, a stray kill -9): no BrokenPipeError
     traceback; the trainer closes the run FAILED itself and says how to resume; the resume
     logs every epoch once."""
-    import psutil
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=6")
     process = start(command, tmp_path, "train.log")
     run = logged_epochs(uri, 2)
-    (recorder,) = [child for child in psutil.Process(process.pid).children()
-                   if "mlp_experiments.recorder" in child.cmdline()]
-    recorder.send_signal(signal.SIGKILL)
+    recorder_of(process).send_signal(signal.SIGKILL)
     code, log = finish(process, tmp_path, "train.log")
     assert code == 1 and "Traceback" not in log, log
     assert "the recording process ended (exit code -9)" in log and "trainer.resume=true" in log
     ended = MlflowClient(uri).get_run(run.info.run_id)
     assert ended.info.status == "FAILED" and ended.data.tags["outcome"] == "crashed"
-
-    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
-                       tmp_path, "resume.log")
-    assert code == 0, log
-    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    resume_records_every_epoch(command, tmp_path, uri, run.info.run_id)
 
 
 def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
@@ -413,12 +417,7 @@ def test_sigterm_mid_run_ends_it_as_ctrl_c_does_and_resume_completes_it(tmp_path
     assert "interrupted: resume with trainer.resume=true" in log
     ended = MlflowClient(uri).get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and ended.data.tags["outcome"] == "interrupted"
-
-    code, log = finish(start([*command, "trainer.resume=true"], tmp_path, "resume.log"),
-                       tmp_path, "resume.log")
-    assert code == 0, log
-    assert steps(uri, run.info.run_id) == [1, 2, 3, 4, 5, 6]  # each epoch once
-    assert MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
+    resume_records_every_epoch(command, tmp_path, uri, run.info.run_id)
 
 
 def test_sigterm_to_a_sweep_of_two_workers_stops_both_and_leaves_no_run_running(tmp_path):
