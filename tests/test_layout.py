@@ -63,7 +63,8 @@ def test_only_the_sweep_command_calls_the_report():
 
 def test_the_config_checks_import_nothing_heavy_of_ours():
     light = {"mlp_experiments.config", "mlp_experiments.errors", "mlp_experiments.task",
-             "mlp_experiments.redact"}
+             "mlp_experiments.redact", "mlp_experiments.cluster", "mlp_experiments.stores",
+             "mlp_experiments.locks"}  # cluster, stores, locks: the standard library only
     for name in [n for n in GRAPH if n.startswith("mlp_experiments.config")]:
         assert all(any(other == p or other.startswith(f"{p}.") for p in light)
                    for other in GRAPH[name]), (name, GRAPH[name])
