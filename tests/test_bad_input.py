@@ -12,6 +12,7 @@ The table tries 196 distinct bad inputs (test_the_count_is_the_one_printed check
 
 import dataclasses
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -270,8 +271,10 @@ def test_a_store_that_is_not_what_it_says_is_named_and_kept(tmp_path, command, s
     garbage = b"not a database, but someone's notes\n" * 20
     if store:
         (tmp_path / store).write_bytes(garbage)
+    # The default store in the working directory, whatever another test's MLflow set.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
     assert message in output, output
