@@ -6,6 +6,7 @@ Everything that watches training (MLflow, a pruner, the progress display) hangs 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -136,16 +137,28 @@ def claim(checkpoint: Path) -> Iterator[None]:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file of this process and rename it: a crash never leaves a
-    half-written checkpoint, and no two writers share a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    half-written checkpoint, and no two writers share a temporary file. A disk that refuses
+    the write (full, over quota, read-only) is one message; the last checkpoint stays whole."""
+    serialized = io.BytesIO()  # torch's writer reports a failed write without its OS error
+    torch.save(state, serialized)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-",
+                                             suffix=".tmp")
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            file.write(serialized.getbuffer())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        raise UserError(
+            f"Cannot write the checkpoint {path}: {error.strerror}. Free space there or set "
+            f"trainer.checkpoint_dir to a folder with room, then run the same command with "
+            f"trainer.resume=true: the last checkpoint written keeps every epoch before this "
+            f"one."
+        ) from None
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 def training_state(model, optimizer, scheduler, history, extra: dict) -> dict:

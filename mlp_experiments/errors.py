@@ -19,6 +19,9 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt: every path that ends a run as interrupted ends it the same way."""
 
 
+_received: list[int] = []  # the signal that stopped the command, once one has
+
+
 def stop_on_signals() -> None:
     """SIGTERM stops the command as Ctrl-C does; after the first of either, both are ignored
     while the command closes its records (a second Ctrl-C used to cut that short and leave a
@@ -27,10 +30,19 @@ def stop_on_signals() -> None:
     def stop(signum: int, _frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        _received.append(signum)
+        raise_if_stopped()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop of a signal received; called again at safe points (an epoch's end,
+    before a run is marked finished) because Python drops an exception raised while it runs a
+    destructor or a weakref callback, and the signal would be lost."""
+    if _received:
+        raise Terminated() if _received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def interrupted_exit_code(stop: KeyboardInterrupt) -> int:

@@ -71,6 +71,9 @@ class InProcess:
     def ended(self) -> bool:
         return False
 
+    def settle(self) -> None:
+        pass
+
 
 class OwnProcess:
     """The recorder in a process of its own, which opens the store while this one goes on:
@@ -111,6 +114,13 @@ class OwnProcess:
             self.answer()
         self.send(name, arguments)
         return self.answer()
+
+    def settle(self) -> None:
+        """Read the answers still owed to calls whose caller was interrupted: their errors (a
+        file the interrupted caller had already deleted) must not keep the run from ending."""
+        while self.unanswered:
+            with suppress(StoreError, UserError, RuntimeError):
+                self.answer()
 
     def close(self, abandon: bool = False) -> None:
         """Let the process end once it has answered; `abandon` stops it at once (no run was
@@ -197,6 +207,7 @@ class MlflowTracker:
 
     def end(self, outcome: str, retries: bool = True) -> None:
         with suppress(StoreError, UserError, RuntimeError):  # the run keeps what it recorded
+            self.recorder.settle()
             self.recorder.call("end", {"outcome": outcome, "retries": retries})
 
     def close_run_here(self, outcome: str) -> None:

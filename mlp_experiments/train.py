@@ -32,7 +32,12 @@ from mlp_experiments.config.compose import (
 )
 from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.registry import register_configs
-from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
+from mlp_experiments.errors import (
+    UserError,
+    interrupted_exit_code,
+    raise_if_stopped,
+    stop_on_signals,
+)
 from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task
 
@@ -204,7 +209,7 @@ def fit(cfg: DictConfig, setup: Setup, checkpoint, state: dict | None, hooks: tu
     from mlp_experiments.progress import Progress
 
     progress = Progress(cfg.trainer.epochs)
-    epoch_hooks = (progress.on_epoch, *hooks)
+    epoch_hooks = (progress.on_epoch, *hooks, lambda _epoch, _metrics: raise_if_stopped())
     settings = engine.FitSettings(
         epochs=cfg.trainer.epochs,
         seed=cfg.trainer.seed,
@@ -234,6 +239,7 @@ def record_results(tracker, cfg: DictConfig, setup: Setup, dataset, result) -> N
         predictions = engine.predict(setup.model, setup.batches["test"])
     tracker.log_results(setup.model, result.history, dataset, predictions,
                         models.parameter_table(setup.model), model_output(cfg, dataset))
+    raise_if_stopped()
     tracker.finish(result.outcome)
 
 
@@ -276,6 +282,14 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """Hydra's own command line (`--cfg`, `--info`, `--help`, `-m`, `-cn`, `-cp`, `-cd`, shell
     completion); every job it can start is checked before Hydra composes or runs anything."""
+    stop_on_signals()  # first: a signal during the checks ends the command quietly too
+    try:
+        run_command_line()
+    except KeyboardInterrupt as stop:  # a run is closed as interrupted, its checkpoint kept
+        raise SystemExit(interrupted_exit_code(stop)) from None
+
+
+def run_command_line() -> None:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args()
@@ -298,13 +312,9 @@ def cli() -> None:
         print(redact(app_help(args.overrides, **where)))
         return
     shows_config = args.cfg or args.info or args.hydra_help
-    stop_on_signals()
-    try:
-        with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
-                else nullcontext():
-            main()
-    except KeyboardInterrupt as stop:  # the run is closed as interrupted, its checkpoint kept
-        raise SystemExit(interrupted_exit_code(stop)) from None
+    with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
+            else nullcontext():
+        main()
 
 
 def app_help(overrides: list[str], config_name: str, config_dir: Path,

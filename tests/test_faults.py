@@ -3,7 +3,9 @@ restarted mid-run. Each test then reads the MLflow and Optuna records back: ever
 there, every run has its true status, nothing is left RUNNING."""
 
 import os
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,19 +22,24 @@ from mlp_experiments.stores import sqlite_lock
 
 # An epoch that lasts long enough (a few tenths of a second) to be hit in the middle.
 SLOW = ["data=synthetic", "data.train_size=10000", "model.hidden_sizes=[256,256]",
-        "trainer.device=cpu", "tracking.log_model=false", "optimizer.lr=0.05"]
+        "trainer.device=cpu", "tracking.log_model=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.faults
 
 
 def train_command(folder: Path, uri: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "mlp_experiments.train", *SLOW, f"tracking.uri={uri}",
+    return [sys.executable, "-m", "mlp_experiments.train", *SLOW, "optimizer.lr=0.05",
+            f"tracking.uri={uri}",
             f"trainer.checkpoint_dir={folder / 'checkpoints'}", *overrides]
 
 
 def start(command: list[str], folder: Path, log: str, env=ENV) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=folder, env=env, stdout=open(folder / log, "w"),
-                            stderr=subprocess.STDOUT)
+    # its own process group, which a test may signal whole, as a terminal's Ctrl-C does
+    with open(folder / log, "w") as output:
+        process = subprocess.Popen(command, cwd=folder, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = folder / log
+    return process
 
 
 def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]:
@@ -41,8 +48,8 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]
 
 
 def runs(uri: str, experiment: str = "mlp-experiments") -> list:
-    client = MlflowClient(uri)
-    with sqlite_lock(uri):
+    with sqlite_lock(uri):  # a new client creates the store's tables, which a run may be doing
+        client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
 
@@ -51,22 +58,27 @@ def steps(uri: str, run_id: str, metric: str = "val_acc") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
 
 
-def wait_for(condition, timeout: float = 240, every: float = 0.2):
+def wait_for(condition, process: subprocess.Popen | None = None, timeout: float = 240,
+             every: float = 0.2):
+    """`condition()`'s first true value; fails at once if `process` ends before it comes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended (exit {process.returncode}) before the "
+                                 f"fault's moment:\n{process.log.read_text()}")
         time.sleep(every)
     raise AssertionError("timed out waiting for the fault's moment")
 
 
-def logged_epochs(uri: str, count: int):
+def logged_epochs(uri: str, count: int, process: subprocess.Popen):
     """The run, once MLflow holds `count` epochs of it."""
     def ready():
         found = runs(uri)
         return found[0] if found and len(steps(uri, found[0].info.run_id)) >= count else None
-    return wait_for(ready)
+    return wait_for(ready, process)
 
 
 def resume_records_every_epoch(command: list[str], folder: Path, uri: str, run_id: str) -> None:
@@ -91,7 +103,7 @@ def test_sigkill_mid_run_then_resume_records_every_epoch_in_the_same_run(tmp_pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=6")
     process = start(command, tmp_path, "first.log")
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert MlflowClient(uri).get_run(run.info.run_id).info.status == "RUNNING"  # no chance to say
@@ -108,7 +120,7 @@ def test_the_job_signals_reaching_the_recorder_leave_the_run_to_the_trainer(tmp_
     through them, so the training process alone decides how the run ends, with every epoch."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = start(train_command(tmp_path, uri, "trainer.epochs=6"), tmp_path, "train.log")
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     recorder = recorder_of(process)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         recorder.send_signal(signum)
@@ -126,7 +138,7 @@ def test_a_sigkilled_recorder_ends_the_run_failed_with_one_message_then_resume_c
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=6")
     process = start(command, tmp_path, "train.log")
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     recorder_of(process).send_signal(signal.SIGKILL)
     code, log = finish(process, tmp_path, "train.log")
     assert code == 1 and "Traceback" not in log, log
@@ -192,7 +204,7 @@ def test_a_tracking_server_outage_stops_the_run_and_resume_logs_every_epoch(
     command = train_command(tmp_path, uri, "trainer.epochs=6")
     quick_retries = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}  # the budget, made short
     process = start(command, tmp_path, "outage.log", env=quick_retries)
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     mlflow_server.stop()
     code, log = finish(process, tmp_path, "outage.log")
     assert code != 0
@@ -240,7 +252,7 @@ def test_a_crash_after_training_leaves_the_run_failed_not_finished(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=3", "tracking.log_model=false")
     process = start(command, tmp_path, "crash.log")
-    run = logged_epochs(uri, 1)
+    run = logged_epochs(uri, 1, process)
     # The plots go to artifacts/plots/: a file in that place makes logging them fail for real.
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -271,7 +283,7 @@ n_trials: 3
             f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}", *extra]
 
 
-def running_trial(tmp_path: Path, name: str, epochs: int):
+def running_trial(tmp_path: Path, name: str, epochs: int, process: subprocess.Popen):
     """A trial RUNNING with `epochs` epochs reported, once there is one."""
     def ready():
         try:
@@ -282,7 +294,7 @@ def running_trial(tmp_path: Path, name: str, epochs: int):
             return None
         return next((t for t in study.get_trials(states=(TrialState.RUNNING,))
                      if len(t.intermediate_values) >= epochs), None)
-    return wait_for(ready)
+    return wait_for(ready, process)
 
 
 def child_runs(uri: str, name: str) -> list:
@@ -300,7 +312,7 @@ def test_a_killed_sweep_worker_is_closed_retried_from_its_checkpoint_and_summari
     # ended is test_sweep's retried-trial case).
     command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
     sweep = start(command, tmp_path, "sweep.log")
-    victim = running_trial(tmp_path, name, 2)
+    victim = running_trial(tmp_path, name, 2, sweep)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     code, log = finish(sweep, tmp_path, "sweep.log")
     assert code == 0, log  # the budget was met: the command summarises and succeeds
@@ -325,7 +337,7 @@ def test_sigint_to_a_sweep_records_the_interruption_and_the_next_command_resumes
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "interrupted"
     command = sweep_command(tmp_path, uri, name, "trainer.epochs=8")
     sweep = start(command, tmp_path, "first.log")
-    victim = running_trial(tmp_path, name, 2)
+    victim = running_trial(tmp_path, name, 2, sweep)
     sweep.send_signal(signal.SIGINT)
     code, log = finish(sweep, tmp_path, "first.log")
     assert code == 130 and "run the same command again to resume" in log
@@ -382,6 +394,28 @@ def test_a_read_only_tracking_store_fails_at_once_with_the_fix(tmp_path):
     assert not list(tmp_path.rglob("last.pt"))  # it stopped before any training
 
 
+def test_a_full_disk_stops_the_run_failed_with_one_message_and_keeps_what_it_recorded(tmp_path):
+    """The checkpoint folder on a 1.7 MB filesystem: the first checkpoint (1.1 MB) fits, the
+    second cannot be written beside it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    small_disk = 'mount -t tmpfs -o size=1700k tmpfs "$0" && exec "$@"'
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", small_disk, str(checkpoints), "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private tmpfs mount here: {probe.stderr.strip()}")
+    command = ["unshare", "-m", "sh", "-c", small_disk, str(checkpoints),
+               *train_command(tmp_path, uri, "trainer.epochs=4")]
+    code, log = finish(start(command, tmp_path, "full.log"), tmp_path, "full.log")
+    assert code == 1 and "Traceback" not in log, log
+    assert "error: Cannot write the checkpoint" in log and "No space left on device" in log
+    assert "trainer.resume=true" in log
+    (run,) = runs(uri)
+    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "crashed"
+    assert steps(uri, run.info.run_id) == [1]  # the epoch whose checkpoint was written
+
+
 def test_a_sweep_whose_every_trial_failed_exits_non_zero_after_its_summary(tmp_path):
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "all_diverge"
     path = tmp_path / f"{name}.yaml"
@@ -410,7 +444,7 @@ def test_sigterm_mid_run_ends_it_as_ctrl_c_does_and_resume_completes_it(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = train_command(tmp_path, uri, "trainer.epochs=6")
     process = start(command, tmp_path, "first.log")
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     process.send_signal(signal.SIGTERM)
     code, log = finish(process, tmp_path, "first.log")
     assert code == 143 and "Traceback" not in log, log
@@ -424,7 +458,7 @@ def test_sigterm_to_a_sweep_of_two_workers_stops_both_and_leaves_no_run_running(
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "terminated"
     command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
     sweep = start(command, tmp_path, "first.log")
-    running_trial(tmp_path, name, 2)
+    running_trial(tmp_path, name, 2, sweep)
     sweep.send_signal(signal.SIGTERM)
     code, log = finish(sweep, tmp_path, "first.log")
     assert code == 143 and "Traceback" not in log, log
@@ -442,12 +476,10 @@ def test_ctrl_c_while_another_process_locks_the_store_ends_the_run_killed_not_fi
     """MLflow in the training process (log_model), the store locked past MLflow's 20 s busy
     timeout when Ctrl-C comes: the status is written once the lock is gone, and MLflow's exit
     hook, which ended such a run FINISHED, has no run left to end."""
-    import sqlite3
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = start(train_command(tmp_path, uri, "trainer.epochs=8", "tracking.log_model=true"),
                     tmp_path, "train.log")
-    run = logged_epochs(uri, 2)
+    run = logged_epochs(uri, 2, process)
     with sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, timeout=60) as locker:
         locker.execute("BEGIN EXCLUSIVE")
         process.send_signal(signal.SIGINT)
@@ -457,6 +489,54 @@ def test_ctrl_c_while_another_process_locks_the_store_ends_the_run_killed_not_fi
     assert code == 130 and "Traceback" not in log, log
     ended = MlflowClient(uri).get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and ended.data.tags["outcome"] == "interrupted"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_signal_at_a_random_moment_leaves_the_run_with_its_true_status(tmp_path, seed):
+    """Seeded random faults: SIGINT or SIGTERM, to the training process or to its whole group
+    (the recorder too, as a terminal's Ctrl-C or Slurm does), at a random moment of start-up,
+    of training or of the end (results, model), with MLflow in the process or not, half of them
+    while another process holds the store's write lock for 5 s. Whatever the moment: no
+    traceback; exit 0 with the run FINISHED and every epoch, or 130/143 with the run KILLED
+    (outcome interrupted) and the epochs before it, or no run when none had started."""
+    draw = random.Random(seed)
+    epochs, signum = 4, draw.choice([signal.SIGINT, signal.SIGTERM])
+    to_group, locked = draw.random() < 0.5, draw.random() < 0.5
+    log_model = draw.choice(["true", "false"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = start(train_command(tmp_path, uri, f"trainer.epochs={epochs}",
+                                  f"tracking.log_model={log_model}"), tmp_path, "train.log")
+    moment = draw.choice(["start-up", "training", "end"])
+    if moment == "start-up":
+        time.sleep(draw.uniform(0.2, 4.0))
+    else:
+        logged_epochs(uri, draw.randint(1, epochs - 1) if moment == "training" else epochs,
+                      process)
+        time.sleep(draw.uniform(0.0, 0.5))
+    with sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, timeout=60) as locker:
+        if locked:
+            locker.execute("BEGIN EXCLUSIVE")
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        if locked:
+            time.sleep(5)
+            locker.execute("COMMIT")
+    code, log = finish(process, tmp_path, "train.log")
+    fault = f"{signal.Signals(signum).name} at {moment}, group {to_group}, locked {locked}"
+    assert "Traceback" not in log, f"{fault}\n{log}"
+    assert code in (0, 128 + signum), f"{fault}: exit {code}\n{log}"
+    for run in runs(uri):
+        recorded = steps(uri, run.info.run_id)
+        if run.info.status == "FINISHED":
+            assert recorded == list(range(1, epochs + 1)), fault
+        else:
+            assert code != 0 and run.info.status == "KILLED", f"{fault}: {run.info.status}"
+            assert run.data.tags["outcome"] == "interrupted", fault
+            assert recorded == list(range(1, len(recorded) + 1)), fault
+    if code == 0:
+        assert [run.info.status for run in runs(uri)] == ["FINISHED"], fault
 
 
 def test_the_servers_of_a_sigkilled_mlp_ui_die_with_it_and_free_their_ports(tmp_path):

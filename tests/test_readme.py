@@ -167,7 +167,12 @@ def dependencies(command: Command) -> list[Command]:
                    if c.kind == "sweep" and study_of(c) == study_of(command)][-1:]
     elif command.kind == "report":
         needed += writers(command, lambda sweep: study_of(sweep) == study_of(command))
-    elif command.kind == "train" and hydra_arguments(command).config_dir:
+    elif command.kind == "train" and not hydra_arguments(command).config_dir:
+        # The same training in another form (the module form): it shares the first one's
+        # checkpoint folder, so it runs after it, as a user typing them one by one does.
+        needed += [c for c in COMMANDS[: command.index]
+                   if c.kind == "train" and c.arguments == command.arguments][:1]
+    elif command.kind == "train":
         experiment = [o.value() for o in parsed_overrides(command)
                       if o.key_or_group == "experiment"]
         needed += writers(command,
