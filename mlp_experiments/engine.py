@@ -86,6 +86,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms(on: bool) -> None:
+    """torch's deterministic kernels (an error where an op has none), and what CUDA needs for
+    them: cuBLAS's fixed workspace, read when its first handle is made, and no cuDNN
+    autotuning. A rerun of the same run on the same machine is then identical bit for bit."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.identity import flatten
 from mlp_experiments.errors import UserError
+from mlp_experiments.provenance import git_commit
 from mlp_experiments.redact import redact
-from mlp_experiments.stores import check_server, git_commit, sqlite_lock
+from mlp_experiments.stores import check_server, sqlite_lock
 
 # What each way a run ends is in MLflow: FINISHED only for a run that trained to its end.
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED",
@@ -120,10 +121,11 @@ class Recorder:
         self.experiment_id = open_store(cfg.uri, cfg.experiment)
         self.client = mlflow.MlflowClient()
 
-    def start(self, config: dict, config_yaml: str, tags: dict[str, str], run_id: str | None,
-              dataset: dict) -> str:
+    def start(self, config: dict, config_yaml: str, code_diff: str, tags: dict[str, str],
+              run_id: str | None, dataset: dict) -> str:
         """Start the run, or continue `run_id` (a sweep trial's, or a resumed run's): a run
-        with params already is resumed and only its missing epochs will be logged."""
+        with params already is resumed and only its missing epochs will be logged.
+        `code_diff`: the uncommitted changes the code ran with ('' for none)."""
         run_name = redact(self.cfg.run_name) if self.cfg.run_name else None
         # MLflow draws a new run's name from `random`, which an earlier run in this process
         # seeded: reseed it from the OS, or runs with one seed would share a name.
@@ -141,6 +143,8 @@ class Recorder:
         params = [Param(key, redact(str(value))) for key, value in flatten(config).items()]
         self.client.log_batch(self.run_id, params=params, tags=tag_entities)  # one call
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
+        if code_diff:
+            self.client.log_text(self.run_id, code_diff, "code.diff")
         log_datasets(self.run_id, dataset)
         return self.run_id
 

@@ -1,13 +1,10 @@
 """What a run's record needs before MLflow or Optuna is imported: a tracking server that
-answers, a SQLite file that is one and can be written, a database server that answers, and the
-git commit that runs."""
+answers, a SQLite file that is one and can be written, a database server that answers."""
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -112,17 +109,3 @@ def check_folder(folder: str | Path, key: str) -> None:
         raise UserError(f"{key}={folder}: this folder cannot be created or written here "
                         f"({error.strerror} in {parent}). Choose a folder you can write, e.g. "
                         f"under your home or the working directory.") from None
-
-
-@functools.cache
-def git_commit() -> str:
-    """The commit of the code this process runs (asked once: a sweep's trials share it): the
-    package's checkout, not the working directory's. An image has no checkout; its build
-    records the commit in MLP_EXPERIMENTS_GIT_COMMIT."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("MLP_EXPERIMENTS_GIT_COMMIT", "unknown")

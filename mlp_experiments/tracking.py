@@ -172,9 +172,12 @@ class MlflowTracker:
             raise
 
     def start(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None, dataset) -> None:
+        from mlp_experiments.provenance import code_diff
+
         self.run_id = self.recorder.call("start", {
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             "config_yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
+            "code_diff": redact(code_diff()),
             "tags": tags, "run_id": run_id, "dataset": dataset_record(dataset)})
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import cluster, stores
+from mlp_experiments import cluster, provenance, stores
 from mlp_experiments.config.checks import model_schema, model_shape, validate
 from mlp_experiments.config.compose import (
     CONF_DIR,
@@ -44,31 +45,34 @@ from mlp_experiments.task import Task
 log = logging.getLogger("mlp_experiments")
 register_configs()
 
-def _hydra_context() -> tuple[str, dict[str, str]]:
+def _hydra_context() -> tuple[list[str] | None, dict[str, str]]:
     """The command-line overrides and the chosen group options, when Hydra launched us."""
     if not HydraConfig.initialized():
-        return "", {}
+        return None, {}
     hydra_cfg = HydraConfig.get()
     choices = {
         group: str(choice)
         for group, choice in hydra_cfg.runtime.choices.items()
         if not group.startswith(("hydra", "schema")) and choice is not None
     }
-    return " ".join(hydra_cfg.overrides.task), choices
+    return list(hydra_cfg.overrides.task), choices
 
 
 def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None = None,
-          run_hash: str | None = None):
+          run_hash: str | None = None, overrides: list[str] | None = None):
     """Train the configured model and record it; return the engine's FitResult.
 
     `hooks` are called after each epoch (after it is recorded) and may raise
     `engine.StopTraining`. `run_id` is an MLflow run to record into (a sweep trial's, made
     beforehand); otherwise a resumed run continues its own MLflow run, a new one starts one.
-    `run_hash` is config_identity(cfg), where the caller has it already."""
+    `run_hash` is config_identity(cfg), where the caller has it already. `overrides` compose
+    `cfg` (a sweep trial's), recorded so that mlp-rerun can compose it again; a run Hydra
+    launched records its command line's."""
     validate(cfg)
     tracker = open_tracker(cfg.tracking)  # first: the store opens while torch is imported
     try:
-        return train_and_record(cfg, tracker, hooks, run_id, run_hash or config_identity(cfg))
+        return train_and_record(cfg, tracker, hooks, run_id, run_hash or config_identity(cfg),
+                                overrides)
     finally:
         if tracker:
             tracker.close()
@@ -82,7 +86,7 @@ def config_identity(cfg: DictConfig) -> str:
 
 
 def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_id: str | None,
-                     run_hash: str):
+                     run_hash: str, overrides: list[str] | None):
     from mlp_experiments import data, engine
 
     dataset = data.load_dataset(cfg.data)
@@ -95,10 +99,11 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
             return already_ended(state, checkpoint, tracker, run_id)
         run_id = run_id or (state["extra"].get("run_id") if state else None)
         device = engine.pick_device(cfg.trainer.device)
+        engine.use_deterministic_algorithms(cfg.trainer.deterministic)
         engine.seed_everything(cfg.trainer.seed)
         setup = build(cfg, dataset, device)
         # built first: a recorder in its own process has had the time to start
-        tags = run_tags(cfg, dataset, run_hash, device, state) if tracker else {}
+        tags = run_tags(cfg, dataset, run_hash, device, state, overrides) if tracker else {}
         with tracker.recording(cfg, tags, run_id, dataset) if tracker else nullcontext():
             watchers = (tracker.log_epoch,) if tracker else ()
             extra = {"run_id": tracker.run_id} if tracker else {}
@@ -147,12 +152,16 @@ def resuming(cfg: DictConfig, checkpoint) -> bool:
     return cfg.trainer.resume and checkpoint.exists()
 
 
-def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None) -> dict:
-
-    overrides, choices = _hydra_context()
+def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None,
+             overrides: list[str] | None) -> dict:
+    command_line, choices = _hydra_context()
+    overrides = overrides if overrides is not None else command_line
     tags = {
-        "git_commit": stores.git_commit(),
-        "overrides": redact(overrides),
+        "git_commit": provenance.git_commit(),
+        "git_dirty": str(bool(provenance.code_diff())).lower(),  # the diff: artifact code.diff
+        **provenance.environment(),
+        # what composes this config again with its code (mlp-rerun), as a JSON list
+        **({"overrides": redact(json.dumps(overrides))} if overrides is not None else {}),
         "device": str(device),
         "config_hash": run_hash,
         "data_digest": dataset.digest,

@@ -1,6 +1,7 @@
 import glob
 import gzip
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,58 @@ import pytest
 from mlp_experiments.config.compose import compose_config
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git(folder: Path, *arguments: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost",
+                           *arguments], cwd=folder, capture_output=True, text=True, **options)
+
+
+@pytest.fixture
+def clone(tmp_path) -> Path:
+    """A clone of this repository holding the code under test, committed: HEAD, with the
+    working tree's changes (the code these tests run) applied and committed on top. Code run
+    with PYTHONPATH=<clone> records the clone's commit (mlp_experiments.provenance)."""
+    from mlp_experiments import provenance
+
+    if git(REPO, "rev-parse", "HEAD").returncode:
+        pytest.skip("not a git checkout")
+    folder = tmp_path / "clone"
+    git(REPO, "clone", "--quiet", "--no-hardlinks", str(REPO), str(folder), check=True)
+    changes = provenance.code_diff()
+    if changes:
+        git(folder, "apply", "--binary", "-", input=changes, check=True)
+        git(folder, "add", "--all", check=True)
+        git(folder, "commit", "--quiet", "-m", "the working tree under test", check=True)
+    return folder
+
+
+def with_code(checkout: Path, folder: Path, module: str, *arguments: str,
+              **options) -> subprocess.CompletedProcess:
+    """`python -m mlp_experiments.<module> ...` in `folder`, with the code of `checkout`."""
+    environment = {"PYTHONPATH": str(checkout), "PATH": os.environ["PATH"],
+                   "OMP_NUM_THREADS": "1", "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run([sys.executable, "-m", f"mlp_experiments.{module}", *arguments],
+                          cwd=folder, env=environment, capture_output=True, text=True,
+                          **options)
+
+
+def train_from(checkout: Path, folder: Path, *overrides: str) -> str:
+    """Train (1 epoch of synthetic data unless told) with the code of `checkout`, recorded in
+    `folder`/mlflow.db; the id of the run."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    done = with_code(checkout, folder, "train", "data=synthetic", "trainer.epochs=1",
+                     "tracking.plots=false", f"tracking.uri={uri}", *overrides)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", output).group(1)
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    return run_id
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:

@@ -172,6 +172,10 @@ def dependencies(command: Command) -> list[Command]:
         # checkpoint folder, so it runs after it, as a user typing them one by one does.
         needed += [c for c in COMMANDS[: command.index]
                    if c.kind == "train" and c.arguments == command.arguments][:1]
+    elif command.kind == "rerun":  # an audit of a study: after the sweep that makes it
+        studies = [a.split("=", 1)[1] for a in command.arguments if a.startswith("rerun.study=")]
+        if studies:
+            needed += writers(command, lambda sweep: study_of(sweep) == studies[-1])
     elif command.kind == "train":
         experiment = [o.value() for o in parsed_overrides(command)
                       if o.key_or_group == "experiment"]
@@ -234,6 +238,7 @@ class Workspace:
             "sweep": ["sweep.n_trials=2", "trainer.epochs=1", tracking],
             "report": [tracking],
             "evaluate": [tracking],
+            "rerun": [tracking],
             "plots": [],
         }[command.kind]
 
@@ -391,6 +396,15 @@ def check_evaluate(workspace: Workspace, command: Command) -> None:
     assert table.read_text().count("\n") == 2 + 10  # header, separator, one row per class
 
 
+def check_rerun(workspace: Workspace, command: Command) -> None:
+    """Trained again from its record, on this CPU: each rerun identical to its original."""
+    process = workspace.result(command)
+    succeeded(process)
+    verdicts = process.stdout.strip().splitlines()
+    assert verdicts and all(": identical: every metric" in line for line in verdicts), \
+        process.stdout
+
+
 def check_plots(workspace: Workspace, command: Command) -> None:
     process = workspace.result(command)
     succeeded(process)
@@ -427,7 +441,8 @@ def check_ui(workspace: Workspace, command: Command) -> None:
 
 
 CHECKS = {"train": check_train, "sweep": check_sweep, "report": check_report,
-          "evaluate": check_evaluate, "plots": check_plots, "ui": check_ui}
+          "evaluate": check_evaluate, "plots": check_plots, "ui": check_ui,
+          "rerun": check_rerun}
 
 
 # ---------------------------------------------------------------------------- the tests

@@ -9,7 +9,7 @@ import torch
 from conftest import free_port
 from mlflow import MlflowClient
 
-from mlp_experiments import cluster, stores
+from mlp_experiments import cluster, provenance
 from mlp_experiments.errors import UserError
 from mlp_experiments.train import train
 
@@ -219,16 +219,16 @@ def test_an_experiment_without_a_kind_gets_it_and_a_chosen_kind_stays(synthetic_
 
 def test_the_recorded_commit_is_the_packages_checkout_else_the_images(tmp_path, monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(stores.__file__).parent)
+                          cwd=Path(provenance.__file__).parent)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
-    stores.git_commit.cache_clear()
+    provenance.git_commit.cache_clear()
     monkeypatch.chdir(tmp_path)  # run from a folder that is no checkout
     try:
-        assert stores.git_commit() == head.stdout.strip()
-        stores.git_commit.cache_clear()
+        assert provenance.git_commit() == head.stdout.strip()
+        provenance.git_commit.cache_clear()
         monkeypatch.setenv("PATH", str(tmp_path))  # no git, as in the image
         monkeypatch.setenv("MLP_EXPERIMENTS_GIT_COMMIT", "0123abc")
-        assert stores.git_commit() == "0123abc"
+        assert provenance.git_commit() == "0123abc"
     finally:
-        stores.git_commit.cache_clear()
+        provenance.git_commit.cache_clear()

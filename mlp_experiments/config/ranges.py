@@ -82,12 +82,13 @@ SEED_WHY = "NumPy takes 32-bit seeds"
 
 def ranged(default: Any, allowed: Range, **details: Any) -> Any:
     """A schema field whose values must lie in `allowed`; `details` are the Range's example
-    (the default, unless given), item and why."""
+    (the default, unless given), item and why, and the line a command's `--help` shows."""
     example = details.pop("example", default)
     if example is MISSING or example is None:
         raise TypeError("a ranged field without a default needs an example")
+    about = details.pop("help", None)
     allowed = dataclasses.replace(allowed, example=example, **details)
-    metadata = {"range": allowed}
+    metadata = {"range": allowed, **({"help": about} if about else {})}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -306,6 +306,9 @@ class TrainerConfig:
     checkpoint_dir: str = "checkpoints"
     precision: Precision = Precision.fp32
     compile: bool = False
+    # torch's deterministic algorithms: a rerun on the same machine is identical bit for bit
+    # (docs/rerun.md; on a GPU they cost speed, on the CPU nothing measurable)
+    deterministic: bool = False
 
 
 @dataclass

@@ -131,7 +131,8 @@ class TrialTrainer:
                 raise engine.StopTraining("timeout")
 
         cpu_started = time.process_time()
-        result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash)
+        result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash,
+                       overrides=trial.user_attrs["overrides"])
         trial.set_user_attr("cpu_s", time.process_time() - cpu_started)
         if result.run_id != run_id:  # it had ended before (its lost worker finished it)
             trial.set_user_attr("mlflow_run_id", result.run_id)

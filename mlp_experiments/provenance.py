@@ -1,0 +1,71 @@
+"""What a run needs to be rebuilt from its record: the code it ran (the package checkout's
+commit and its uncommitted changes) and the environment (the lock file's hash, Python, torch,
+CUDA and cuDNN versions). Each is asked once per process: a sweep's trials share them."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent  # git finds the repository from the package
+
+
+def git(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *arguments], capture_output=True, text=True, cwd=CHECKOUT)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the code this process runs: the package's checkout, not the working
+    directory's. An image has no checkout; its build records the commit in
+    MLP_EXPERIMENTS_GIT_COMMIT."""
+    try:
+        head = git("rev-parse", "HEAD")
+    except OSError:  # no git
+        head = None
+    if head is None or head.returncode != 0:
+        return os.environ.get("MLP_EXPERIMENTS_GIT_COMMIT", "unknown")
+    return head.stdout.strip()
+
+
+@functools.cache
+def code_diff() -> str:
+    """The checkout's uncommitted changes against its commit, as `git apply` takes them: the
+    tracked files' changes, then each untracked file (not ignored) as a new file. '' when
+    the tree is clean or there is no checkout."""
+    try:
+        root = git("rev-parse", "--show-toplevel")
+    except OSError:
+        return ""
+    if root.returncode != 0:
+        return ""
+    top = Path(root.stdout.strip())
+    tracked = subprocess.run(["git", "diff", "HEAD", "--binary"], capture_output=True,
+                             text=True, cwd=top).stdout
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"],
+                               capture_output=True, text=True, cwd=top).stdout
+    added = [subprocess.run(["git", "diff", "--no-index", "--binary", "/dev/null", name],
+                            capture_output=True, text=True, cwd=top).stdout
+             for name in untracked.split("\0") if name]
+    return tracked + "".join(added)
+
+
+def lock_digest() -> str:
+    """sha256 of the project's uv.lock (the exact version of every package), 'none' without."""
+    lock = CHECKOUT.parent / "uv.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "none"
+
+
+@functools.cache
+def environment() -> dict[str, str]:
+    """The versions a run's numbers depend on, as MLflow tags."""
+    import torch
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"env.uv_lock_sha256": lock_digest(), "env.python": platform.python_version(),
+            "env.torch": torch.__version__, "env.cuda": torch.version.cuda or "none",
+            "env.cudnn": str(cudnn or "none")}

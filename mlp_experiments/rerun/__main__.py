@@ -1,0 +1,3 @@
+from mlp_experiments.rerun.command import main
+
+main()
