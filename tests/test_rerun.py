@@ -227,3 +227,28 @@ def test_a_study_is_audited_one_line_per_rerun(clone, tmp_path):
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2 and all(": identical: every metric" in line for line in lines)
     assert len(worktrees(clone)) == 1
+
+
+def test_another_uv_lock_is_refused_unless_the_current_environment_is_asked_for(clone, tmp_path):
+    lock = clone / "uv.lock"
+    lock.write_text(lock.read_text() + "\n# another resolution\n")
+    original = train_from(clone, tmp_path, *DETERMINISTIC)
+    git(clone, "checkout", "--", "uv.lock", check=True)  # this environment's lock again
+    done = rerun(clone, tmp_path, f"rerun.run_id={original}")
+    assert done.returncode == 1 and "ran with another uv.lock" in done.stderr, done.stderr
+    assert "rerun.environment=current" in done.stderr
+    done = rerun(clone, tmp_path, f"rerun.run_id={original}", "rerun.environment=current")
+    assert done.returncode == 0 and f"{original}: identical" in done.stdout, done.stderr
+
+
+def test_a_diff_that_no_longer_applies_is_refused_and_leaves_no_worktree(clone, tmp_path):
+    engine = clone / "mlp_experiments" / "engine.py"
+    engine.write_text(engine.read_text() + "\n# a local change\n")
+    original = train_from(clone, tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    stored = Path(client.get_run(original).info.artifact_uri.removeprefix("file://"))
+    (stored / "code.diff").write_text("--- a/nothing\n+++ b/nothing\n@@ -1 +1 @@\n-x\n+y\n")
+    done = rerun(clone, tmp_path, f"rerun.run_id={original}")
+    assert done.returncode == 1, done.stderr
+    assert "uncommitted changes (code.diff) do not apply to commit" in done.stderr
+    assert len(worktrees(clone)) == 1

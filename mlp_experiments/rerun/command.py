@@ -314,6 +314,7 @@ def check_settings(settings: RerunSettings) -> None:
 
 def main(arguments: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # code.diff's
     try:
         cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
         settings, uri = cfg.rerun, cfg.tracking.uri
