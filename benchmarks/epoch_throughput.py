@@ -5,6 +5,7 @@
 (a) the notes' loop: torch DataLoader over PIL images + ToTensor (num_workers 0 and the notes' 4)
 (b) our engine: one training epoch of `engine.fit` on device-resident uint8 batches
 (c) the compute-only bound: the same model and batch shapes, float batches already in memory
+(d) (b) with trainer.deterministic=true: torch's deterministic algorithms (docs/rerun.md)
 Runs are taken in alternation so machine drift hits every variant alike; each ratio is given
 as the median of the per-repeat ratios and as the ratio of the fastest runs (the least disturbed
 by other load on a shared machine). What a whole process costs, tracked or not, is
@@ -53,8 +54,10 @@ def notes_epoch(dataset, device, num_workers: int) -> float:
     return time.perf_counter() - started
 
 
-def engine_epoch(dataset, device) -> float:
-    """(b) One training epoch of our engine (its own timing of the training pass)."""
+def engine_epoch(dataset, device, deterministic: bool = False) -> float:
+    """(b) One training epoch of our engine (its own timing of the training pass); (d) with
+    deterministic algorithms."""
+    engine.use_deterministic_algorithms(deterministic)
     model = concise_model(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     batches = {split: make_batches(dataset, split, 256, device, "device")
@@ -63,6 +66,7 @@ def engine_epoch(dataset, device) -> float:
     objective = engine.Objective(torch.nn.CrossEntropyLoss(), scoring)
     result = engine.fit(model, objective, optimizer, None, batches,
                         engine.FitSettings(epochs=1, seed=0))
+    engine.use_deterministic_algorithms(False)
     return batches["train"].num_examples / result.history[0]["samples_per_s"]
 
 
@@ -105,21 +109,24 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{dataset.train[1].numel()} training images, batch 256, median of {args.repeats}")
 
-    timings = {"a0": [], "a4": [], "b": [], "c": []}
+    timings = {"a0": [], "a4": [], "b": [], "c": [], "d": []}
     for _ in range(args.repeats):
         timings["a0"].append(notes_epoch(dataset, device, num_workers=0))
         timings["a4"].append(notes_epoch(dataset, device, num_workers=4))
         timings["b"].append(engine_epoch(dataset, device))
         timings["c"].append(compute_bound_epoch(dataset, device))
+        timings["d"].append(engine_epoch(dataset, device, deterministic=True))
     for key, label in (("a0", "(a) notes' DataLoader+ToTensor epoch, 0 workers"),
                        ("a4", "(a) notes' DataLoader+ToTensor epoch, 4 workers"),
                        ("b", "(b) engine epoch (device-resident batches)"),
-                       ("c", "(c) compute-only bound")):
+                       ("c", "(c) compute-only bound"),
+                       ("d", "(d) engine epoch, deterministic algorithms")):
         print(f"{label:50s} median {statistics.median(timings[key]):6.2f} s, "
               f"min {min(timings[key]):6.2f} s")
     report_ratio("(a)/(b), the notes' 4 workers", timings["a4"], timings["b"], "target >= 5")
     report_ratio("(a)/(b), 0 workers", timings["a0"], timings["b"], "")
     report_ratio("(b)/(c)", timings["b"], timings["c"], "target <= 1.15")
+    report_ratio("(d)/(b), deterministic's cost", timings["d"], timings["b"], "")
 
 
 if __name__ == "__main__":
