@@ -285,7 +285,8 @@ def search_study(values=(0.81, 0.86, 0.79, 0.90, 0.84, 0.83), name=None, storage
     for index, value in enumerate(values):
         params = {"optimizer.lr": 0.01 * 2**index, "model.dropout": 0.05 * index,
                   "model.hidden_sizes": ["[256]", "[512,256]"][index % 2]}
-        overrides = ["data=synthetic", *(f"{k}={v}" for k, v in params.items())]
+        overrides = ["data=synthetic", "tracking.plots=false", "tracking.uri=sqlite:///t.db",
+                     *(f"{k}={v}" for k, v in params.items())]
         add(study, value=value, params=params, distributions=SEARCH_DISTRIBUTIONS,
             hist=history([value - 0.01, value], value - 0.02), outcome="completed",
             overrides=overrides, cpu_s=30.0)
@@ -307,8 +308,9 @@ def test_search_report(tmp_path):
     assert "7 trials: 6 complete, 1 pruned." in markdown
     # The pruned trial recorded no CPU time (trials before cpu_s was recorded did not either).
     assert lines[-1] == "7 trials, 14 epochs, 3 CPU-minutes (over the 6 trials that recorded it)."
+    # the overrides that decide the result; where it records is the user's
     assert ("uv run mlp-train data=synthetic optimizer.lr=0.08 "
-            "model.dropout=0.15000000000000002 'model.hidden_sizes=[512,256]'") in markdown
+            "model.dropout=0.15000000000000002 'model.hidden_sizes=[512,256]'\n") in markdown
     assert "0.8800 (measured after the search, not used to choose it)" in markdown
 
     importance_rows = [line for line in lines if line.startswith("| `")]

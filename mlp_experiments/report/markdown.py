@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from mlp_experiments.config.identity import decides_the_result
 from mlp_experiments.report.cost import cost_lines
 from mlp_experiments.report.figures import (
     curves_figure,
@@ -297,8 +298,10 @@ def top_trials_table(trials: list[FrozenTrial], metric: str, task: Task) -> list
 
 def best_section(study, best: FrozenTrial, sweep: DictConfig, metric: str,
                  task: Task) -> list[str]:
-    command = shlex.join(["uv", "run", "mlp-train",
-                          *best.user_attrs.get("overrides", [])])
+    # the overrides that decide the result: where it records and checkpoints stays the user's
+    decisive = [o for o in best.user_attrs.get("overrides", [])
+                if decides_the_result(o.split("=", 1)[0].lstrip("+~"))]
+    command = shlex.join(["uv", "run", "mlp-train", *decisive])
     lines = ["## Best configuration", "",
              f"Trial {best.number}, best `{metric}` {number(best.value)}:", "",
              "```bash", command, "```", "",
