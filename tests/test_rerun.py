@@ -28,33 +28,32 @@ def worktrees(checkout) -> list[str]:
     return git(checkout, "worktree", "list").stdout.strip().splitlines()
 
 
-def test_a_cpu_run_reruns_identical_and_both_runs_say_so(clone, tmp_path):
+def test_a_run_from_a_changed_tree_reruns_identical_with_its_diff_in_its_environment(
+        clone, tmp_path):
+    """The changes decide the result (SGD's learning rate in conf/): without its diff the
+    rerun would compose another configuration and be refused. The tree is clean again when
+    the rerun runs: only the record carries the change. The run's uv.lock differs from this
+    environment's: refused, until rerun.environment=current accepts it."""
+    sgd = clone / "conf" / "optimizer" / "sgd.yaml"
+    sgd.write_text(sgd.read_text().replace("lr: 0.5", "lr: 0.3"))
+    lock = clone / "uv.lock"
+    lock.write_text(lock.read_text() + "\n# another resolution\n")
     original = train_from(clone, tmp_path, *DETERMINISTIC)
+    git(clone, "checkout", "--", ".", check=True)
     done = rerun(clone, tmp_path, f"rerun.run_id={original}")
+    assert done.returncode == 1 and "ran with another uv.lock" in done.stderr, done.stderr
+    assert "rerun.environment=current" in done.stderr
+    done = rerun(clone, tmp_path, f"rerun.run_id={original}", "rerun.environment=current")
     assert done.returncode == 0, done.stderr
+    assert "with its uncommitted changes" in done.stderr
     assert f"{original}: identical: every metric at every epoch" in done.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(original).data.params["optimizer.lr"] == "0.3"
     again = client.get_run(client.get_run(original).data.tags["rerun.latest"])
     assert again.data.tags["rerun.of"] == original
     assert again.data.tags["rerun.verdict"] == "identical"
     assert client.get_run(original).data.tags["rerun.verdict"] == "identical"
     assert len(worktrees(clone)) == 1  # the temporary worktree is gone
-
-
-def test_a_run_from_a_changed_tree_reruns_with_its_diff(clone, tmp_path):
-    """The change (SGD's learning rate in conf/) decides the result: without its diff the
-    rerun would compose another configuration and be refused. The tree is clean again when
-    the rerun runs: only the record carries the change."""
-    sgd = clone / "conf" / "optimizer" / "sgd.yaml"
-    sgd.write_text(sgd.read_text().replace("lr: 0.5", "lr: 0.3"))
-    original = train_from(clone, tmp_path, *DETERMINISTIC)
-    git(clone, "checkout", "--", ".", check=True)
-    done = rerun(clone, tmp_path, f"rerun.run_id={original}")
-    assert done.returncode == 0, done.stderr
-    assert "with its uncommitted changes" in done.stderr
-    assert f"{original}: identical" in done.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.get_run(original).data.params["optimizer.lr"] == "0.3"
 
 
 def test_a_run_whose_data_changed_is_refused_naming_both_digests(clone, tmp_path):
@@ -227,18 +226,6 @@ def test_a_study_is_audited_one_line_per_rerun(clone, tmp_path):
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2 and all(": identical: every metric" in line for line in lines)
     assert len(worktrees(clone)) == 1
-
-
-def test_another_uv_lock_is_refused_unless_the_current_environment_is_asked_for(clone, tmp_path):
-    lock = clone / "uv.lock"
-    lock.write_text(lock.read_text() + "\n# another resolution\n")
-    original = train_from(clone, tmp_path, *DETERMINISTIC)
-    git(clone, "checkout", "--", "uv.lock", check=True)  # this environment's lock again
-    done = rerun(clone, tmp_path, f"rerun.run_id={original}")
-    assert done.returncode == 1 and "ran with another uv.lock" in done.stderr, done.stderr
-    assert "rerun.environment=current" in done.stderr
-    done = rerun(clone, tmp_path, f"rerun.run_id={original}", "rerun.environment=current")
-    assert done.returncode == 0 and f"{original}: identical" in done.stdout, done.stderr
 
 
 def test_a_diff_that_no_longer_applies_is_refused_and_leaves_no_worktree(clone, tmp_path):
