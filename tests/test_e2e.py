@@ -1,5 +1,7 @@
-"""Reproduce the notes' results on the real FashionMNIST (seconds each with the device loader)
-and on the real MNIST that `mlp-fetch` put in the cache folder (minutes for the CNN on a CPU)."""
+"""Reproduce the notes' results on the real FashionMNIST (seconds each with the device loader),
+and check that the MNIST presets (data from `mlp-fetch`'s cache folder) are on course for theirs
+after 2 of their 10 epochs: the whole budget, minutes for the CNN on a CPU, is
+benchmarks/reproduce_notes.py's."""
 
 import json
 
@@ -74,16 +76,18 @@ def test_bce_on_two_fashion_mnist_classes(synthetic_cfg):
 @needs_mnist
 @pytest.mark.parametrize(
     ("preset", "minimum"),
-    [
-        ("mnist_wide_mlp", 0.978),  # note 002 reports 0.9801; 0.9823 here
-        ("mnist_deep_mlp", 0.970),  # note 003: about 0.97; 0.9807 here
-        ("mnist_cnn", 0.980),  # note 003: about 0.98; 0.9873 here
+    [  # after 2 of their 10 epochs (measured: 0.9736, 0.9726, 0.9859); the whole 10 epochs
+       # reach the notes' results (benchmarks/reproduce_notes.py, docs/notes.md)
+        ("mnist_wide_mlp", 0.965),  # note 002 reports 0.9801 after 10 epochs
+        ("mnist_deep_mlp", 0.965),  # note 003: about 0.97
+        ("mnist_cnn", 0.980),  # note 003: about 0.98
     ],
 )
-def test_mnist_presets_reproduce_the_notes(preset, minimum, synthetic_cfg):
-    cfg = synthetic_cfg(preset=preset)
-    assert cfg.data.name == "mnist" and cfg.trainer.epochs == 10
+def test_mnist_presets_are_on_course_for_the_notes(preset, minimum, synthetic_cfg):
+    cfg = synthetic_cfg("trainer.epochs=2", preset=preset)
+    assert cfg.data.name == "mnist"
     assert data.load_dataset(cfg.data).source == str(MNIST_CACHE)  # data.root (./data) is empty
+    assert compose_config([f"experiment={preset}"]).trainer.epochs == 10  # the notes' budget
     result = train(cfg)
-    assert len(result.history) == 10
+    assert len(result.history) == 2
     assert result.history[-1]["test_acc"] >= minimum
