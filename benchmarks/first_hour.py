@@ -66,9 +66,11 @@ def ui_shows(port: int, run_id: str) -> bool:
 def time_to_ui(clone: Path, run_id: str) -> float:
     port, dashboard = free_port(), free_port()
     started = time.perf_counter()
+    # its own process group, stopped as a terminal's Ctrl-C stops it (uv passes it on)
     ui = subprocess.Popen(["uv", "run", "mlp-ui", f"ui.port={port}",
                            f"ui.dashboard_port={dashboard}"], cwd=clone, env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
     try:
         while not ui_shows(port, run_id):
             if ui.poll() is not None or time.perf_counter() - started > 300:
@@ -76,7 +78,7 @@ def time_to_ui(clone: Path, run_id: str) -> float:
             time.sleep(0.2)
         return time.perf_counter() - started
     finally:
-        ui.send_signal(signal.SIGINT)
+        os.killpg(ui.pid, signal.SIGINT)
         ui.wait(timeout=60)
 
 

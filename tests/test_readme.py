@@ -270,8 +270,12 @@ class Workspace:
         return argument
 
     def runs_of(self, command: Command) -> list:
+        """The runs the command recorded (a rerun of one of them lands beside it: not one)."""
         experiment = self.client.get_experiment_by_name(experiment_name(command))
-        return self.client.search_runs([experiment.experiment_id]) if experiment else []
+        if not experiment:
+            return []
+        return [run for run in self.client.search_runs([experiment.experiment_id])
+                if "rerun.of" not in run.data.tags]
 
     def model_run_id(self) -> str:
         (run,) = self.runs_of(model_run_command())

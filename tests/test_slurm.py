@@ -75,7 +75,8 @@ def slurm(tmp_path_factory):
     try:
         for daemon in ("slurmctld", "slurmd"):
             cluster.run(daemon, "-f", str(folder / "slurm.conf"))
-        wait_for(lambda: "idle" in cluster.run("sinfo", "--noheader", "--format", "%T"), 30, 0.5)
+        wait_for(lambda: "idle" in cluster.run("sinfo", "--noheader", "--format", "%T"),
+                 timeout=30, every=0.5)
         yield cluster
     finally:
         # No job outlives the cluster (a failed test's jobs would wait on it for ever).
@@ -178,8 +179,11 @@ launcher: slurm
 
 
 def start(slurm: Cluster, command: list[str], folder: Path, log: str) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=folder, env=slurm.env, stdout=open(folder / log, "w"),
-                            stderr=subprocess.STDOUT)
+    with open(folder / log, "w") as output:
+        process = subprocess.Popen(command, cwd=folder, env=slurm.env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    process.log = folder / log  # what test_faults.wait_for shows when it ends too soon
+    return process
 
 
 def finish(process: subprocess.Popen, folder: Path, log: str) -> str:
@@ -267,7 +271,7 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
             return None
         return next((t for t in trials if len(t.intermediate_values) >= 2), None)
 
-    victim = wait_for(running_for_a_while, 240, 0.5)
+    victim = wait_for(running_for_a_while, sweep, timeout=240, every=0.5)
     job = victim.user_attrs["worker"].split("Slurm job ")[1].rstrip(")")
     slurm.run("scancel", job)
     finish(sweep, tmp_path, "sweep.log")
