@@ -103,6 +103,9 @@ def without_traceback(record: logging.LogRecord) -> bool:
 # MLflow's SQL store logs every failed query with its traceback, also those we try again or
 # report in one line ourselves: its message stays, the traceback goes.
 logging.getLogger("mlflow.store.db.utils").addFilter(without_traceback)
+# Nor does a command print MLflow's own progress (a new store's tables, a new experiment).
+for chatter in ("mlflow.store.db.utils", "mlflow.tracking.fluent"):
+    logging.getLogger(chatter).setLevel(logging.WARNING)
 
 # A SQLite store another process holds past MLflow's 20 s busy timeout fails a write: the
 # run's final status is tried again, 2 + 4 + 6 s later, before the command says it failed.

@@ -43,6 +43,9 @@ from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task
 
 log = logging.getLogger("mlp_experiments")
+# What one run says of itself (its data, how it ended, its MLflow run): a sweep's trial lines
+# say it instead (sweep/worker.py: trial_lines_only).
+run_log = logging.getLogger("mlp_experiments.run")
 register_configs()
 
 def _hydra_context() -> tuple[list[str] | None, dict[str, str]]:
@@ -90,7 +93,7 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
     from mlp_experiments import data, engine
 
     dataset = data.load_dataset(cfg.data)
-    log.info("data: %s from %s (%d train, %d validation, %d test examples)", dataset.name,
+    run_log.info("data: %s from %s (%d train, %d validation, %d test examples)", dataset.name,
              dataset.source, len(dataset.train[1]), len(dataset.val[1]), len(dataset.test[1]))
     checkpoint = engine.checkpoint_path(cfg.trainer.checkpoint_dir, run_hash)
     with engine.claim(checkpoint):
@@ -112,9 +115,10 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
                 record_results(tracker, cfg, setup, dataset, result)
         engine.mark_finished(checkpoint, result.outcome)
     result.run_id = tracker.run_id if tracker else None
-    log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history), checkpoint)
+    run_log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history),
+                 checkpoint)
     if tracker:
-        log.info("MLflow run %s in %s", tracker.run_id, redact(cfg.tracking.uri))
+        run_log.info("MLflow run %s in %s", tracker.run_id, redact(cfg.tracking.uri))
     return result
 
 

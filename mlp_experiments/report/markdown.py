@@ -244,7 +244,8 @@ def comparison_summary(study, sweep: DictConfig) -> list[str]:
     variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
     measured = [v for v in variants if v.trials]
     lines = [f"  {v.name}: test {task.score_label} {number(v.test(task).mean)}, 95% CI "
-             f"{interval(v.test(task))}, {len(v.trials)} seeds" for v in measured]
+             f"{interval(v.test(task))}, {len(v.trials)} seed{'s' * (len(v.trials) != 1)}"
+             for v in measured]
     if len(measured) >= 2:
         verdicts = race_verdicts(stages.race_state(sweep, study), stages.race_settings(sweep),
                                  task) if stages.is_staged(sweep) \

@@ -76,7 +76,7 @@ def print_plan(sweep: DictConfig, distributions: dict, study, n_trials: int, tra
     else:
         lines += [f"  sampler {sweep.sampler} {dict(sweep.sampler_args) or ''}(seed "
                   f"{sweep.seed}), pruner {sweep.pruner} "
-                  f"{dict(sweep.pruner_args) or ''}",
+                  f"{dict(sweep.pruner_args) or ''}".rstrip(),
                   f"  trials: {n_trials} in total, {done} already there, "
                   f"{max(n_trials - done, 0)} to run {where}"]
     fixed = redact(" ".join([*sweep.overrides, *training]))

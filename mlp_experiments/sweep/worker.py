@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -198,15 +200,29 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
     trainer = TrialTrainer(sweep, training, distributions, parent_run_id, tracking_uri,
                            deadline)
     n_trials = budget(sweep, distributions)
-    while not past(deadline):
-        with budget_lock(storage_url(sweep), sweep.study_name) as release:
-            if more_to_run(study, n_trials):
-                trainer.release_budget = release
-                study.optimize(trainer, n_trials=1, catch=(Exception,))
-                continue
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return
-        time.sleep(HEARTBEAT_S)
+    with trial_lines_only():
+        while not past(deadline):
+            with budget_lock(storage_url(sweep), sweep.study_name) as release:
+                if more_to_run(study, n_trials):
+                    trainer.release_budget = release
+                    study.optimize(trainer, n_trials=1, catch=(Exception,))
+                    continue
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            time.sleep(HEARTBEAT_S)
+
+
+@contextmanager
+def trial_lines_only() -> Iterator[None]:
+    """What each trial's run says of itself (its data, how it ended, its MLflow run) is left
+    to the trial's own lines while the trials run; restored after, for the process goes on."""
+    run_log = logging.getLogger("mlp_experiments.run")
+    level = run_log.level
+    run_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        run_log.setLevel(level)
 
 
 def not_an_interruption(record: logging.LogRecord) -> bool:
