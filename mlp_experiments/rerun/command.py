@@ -36,6 +36,7 @@ from mlp_experiments.config.checks import out_of_range
 from mlp_experiments.config.ranges import at_least, ranged, ranges
 from mlp_experiments.errors import UserError
 from mlp_experiments.evaluate import RUN_ID, check_store
+from mlp_experiments.redact import redact
 from mlp_experiments.rerun.verdict import Verdict, judge, likely_cause
 from mlp_experiments.stores import sqlite_path
 
@@ -113,7 +114,8 @@ def recorded_tags(uri: str, run_id: str) -> dict[str, str] | None:
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 return None
-            raise UserError(f"tracking.uri={uri}: the server answered {error.code}.") from None
+            raise UserError(f"tracking.uri={redact(uri)}: the server answered "
+                            f"{error.code}.") from None
         return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
     database = sqlite_path(uri)
     if database is None:
@@ -138,8 +140,8 @@ def mlflow_tags(uri: str, run_id: str) -> dict[str, str] | None:
 def check_record(run_id: str, tags: dict[str, str] | None, uri: str) -> None:
     """A training run recorded with what a rerun needs, else one message saying why not."""
     if tags is None:
-        raise UserError(f"No MLflow run {run_id} in {uri}: check the id (the MLflow UI shows it "
-                        f"on the run page) and tracking.uri.")
+        raise UserError(f"No MLflow run {run_id} in {redact(uri)}: check the id (the MLflow UI "
+                        f"shows it on the run page) and tracking.uri.")
     if "config_hash" not in tags:
         kind = tags.get("sweep.kind") or tags.get("sweep.stage")
         hint = (f"; a study's runs are rerun with rerun.study={tags['optuna.study_name']}"
@@ -193,9 +195,9 @@ def rebuilt_code(run_id: str, commit: str, diff: str) -> Iterator[Path]:
                 patch.write_text(diff)
                 applied = git("apply", "--binary", str(patch), cwd=code)
                 if applied.returncode != 0:
+                    reason = applied.stderr.strip().partition("\n")[0]
                     raise UserError(f"Run {run_id}'s uncommitted changes (code.diff) do not "
-                                    f"apply to commit {commit}: "
-                                    f"{applied.stderr.strip().splitlines()[0]}")
+                                    f"apply to commit {commit}: {reason}")
             yield code
         finally:
             git("worktree", "remove", "--force", str(code))
