@@ -14,8 +14,9 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent  # git finds the repository from the package
 
 
-def git(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *arguments], capture_output=True, text=True, cwd=CHECKOUT)
+def git(*arguments: str, cwd: Path = CHECKOUT) -> subprocess.CompletedProcess:
+    """A git command in the package's checkout (or `cwd`); OSError where there is no git."""
+    return subprocess.run(["git", *arguments], capture_output=True, text=True, cwd=cwd)
 
 
 @functools.cache
@@ -25,11 +26,11 @@ def git_commit() -> str:
     MLP_EXPERIMENTS_GIT_COMMIT."""
     try:
         head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            return head.stdout.strip()
     except OSError:  # no git
-        head = None
-    if head is None or head.returncode != 0:
-        return os.environ.get("MLP_EXPERIMENTS_GIT_COMMIT", "unknown")
-    return head.stdout.strip()
+        pass
+    return os.environ.get("MLP_EXPERIMENTS_GIT_COMMIT", "unknown")
 
 
 @functools.cache
@@ -44,14 +45,10 @@ def code_diff() -> str:
     if root.returncode != 0:
         return ""
     top = Path(root.stdout.strip())
-    tracked = subprocess.run(["git", "diff", "HEAD", "--binary"], capture_output=True,
-                             text=True, cwd=top).stdout
-    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"],
-                               capture_output=True, text=True, cwd=top).stdout
-    added = [subprocess.run(["git", "diff", "--no-index", "--binary", "/dev/null", name],
-                            capture_output=True, text=True, cwd=top).stdout
+    untracked = git("ls-files", "--others", "--exclude-standard", "-z", cwd=top).stdout
+    added = [git("diff", "--no-index", "--binary", "/dev/null", name, cwd=top).stdout
              for name in untracked.split("\0") if name]
-    return tracked + "".join(added)
+    return git("diff", "HEAD", "--binary", cwd=top).stdout + "".join(added)
 
 
 def lock_digest() -> str:

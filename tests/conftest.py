@@ -48,14 +48,18 @@ def clone(tmp_path) -> Path:
     return folder
 
 
+def code_environment(checkout: Path) -> dict[str, str]:
+    """A process's environment that runs the code of `checkout`, one thread."""
+    return {"PYTHONPATH": str(checkout), "PATH": os.environ["PATH"], "OMP_NUM_THREADS": "1",
+            "HOME": os.environ.get("HOME", "/root")}
+
+
 def with_code(checkout: Path, folder: Path, module: str, *arguments: str,
               **options) -> subprocess.CompletedProcess:
     """`python -m mlp_experiments.<module> ...` in `folder`, with the code of `checkout`."""
-    environment = {"PYTHONPATH": str(checkout), "PATH": os.environ["PATH"],
-                   "OMP_NUM_THREADS": "1", "HOME": os.environ.get("HOME", "/root")}
     return subprocess.run([sys.executable, "-m", f"mlp_experiments.{module}", *arguments],
-                          cwd=folder, env=environment, capture_output=True, text=True,
-                          **options)
+                          cwd=folder, env=code_environment(checkout), capture_output=True,
+                          text=True, **options)
 
 
 def train_from(checkout: Path, folder: Path, *overrides: str) -> str:

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import git, train_from, with_code, write_tiny_release
+from conftest import code_environment, git, train_from, with_code, write_tiny_release
 from mlflow import MlflowClient
 
 from mlp_experiments.rerun.verdict import compare
@@ -106,8 +106,7 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={"PYTHONPATH": str(clone), "PATH": "/usr/bin:/bin",
-                                        "OMP_NUM_THREADS": "1"})
+                                   env=code_environment(clone))
     while "epoch 1/8" not in log.read_text():  # the rerun trains in its worktree
         assert process.poll() is None, log.read_text()
         time.sleep(0.2)
@@ -148,10 +147,8 @@ def test_bad_input_is_one_message_before_mlflow_or_torch_is_imported(clone, tmp_
                 raise AssertionError(arguments)
         print("imported:", "torch" in sys.modules, "mlflow" in sys.modules)
         """)
-    done = with_code(clone, tmp_path, "rerun", "--help")  # the command exists in the clone
-    assert done.returncode == 0
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(clone), "PATH": "/usr/bin:/bin"})
+                          text=True, env=code_environment(clone))
     assert done.returncode == 0, done.stderr
     assert "imported: False False" in done.stdout
 

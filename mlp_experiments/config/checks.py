@@ -109,11 +109,16 @@ def check_ranges(cfg: DictConfig) -> None:
     """Every numeric setting in the range its schema states (ranges.ranged), a list's
     element by element."""
     for section, schema in policy.section_schemas(cfg).items():
-        for name, allowed in ranges(schema).items():
-            value = cfg[section][name]
-            values = list(value) if isinstance(value, ListConfig) else [value]
-            if value is not None and not all(number in allowed for number in values):
-                raise UserError(out_of_range(f"{section}.{name}", value, allowed))
+        check_section_ranges(section, cfg[section], schema)
+
+
+def check_section_ranges(section: str, node: DictConfig, schema: type) -> None:
+    """The ranged fields of one section (a training config group, a command's settings)."""
+    for name, allowed in ranges(schema).items():
+        value = node[name]
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        if value is not None and not all(number in allowed for number in values):
+            raise UserError(out_of_range(f"{section}.{name}", value, allowed))
 
 
 def out_of_range(key: str, value: Any, allowed: Range) -> str:

@@ -32,10 +32,11 @@ from pathlib import Path
 
 from mlp_experiments import cli, provenance
 from mlp_experiments.cli import described
-from mlp_experiments.config.checks import out_of_range
-from mlp_experiments.config.ranges import at_least, ranged, ranges
+from mlp_experiments.config.checks import check_section_ranges
+from mlp_experiments.config.ranges import at_least, ranged
 from mlp_experiments.errors import UserError
 from mlp_experiments.evaluate import RUN_ID, check_store
+from mlp_experiments.provenance import git
 from mlp_experiments.redact import redact
 from mlp_experiments.rerun.verdict import Verdict, judge, likely_cause
 from mlp_experiments.stores import sqlite_path
@@ -157,6 +158,14 @@ def check_record(run_id: str, tags: dict[str, str] | None, uri: str) -> None:
                         f"e.g. from an image without MLP_EXPERIMENTS_GIT_COMMIT).")
 
 
+def checked_record(uri: str, run_id: str, environment: Environment) -> dict[str, str]:
+    """The run's tags, once they show it can be rerun here."""
+    tags = recorded_tags(uri, run_id)
+    check_record(run_id, tags, uri)
+    check_environment(run_id, tags, environment)
+    return tags
+
+
 def check_environment(run_id: str, tags: dict[str, str], environment: Environment) -> None:
     recorded, current = tags["env.uv_lock_sha256"], provenance.lock_digest()
     if recorded != current and environment == Environment.recorded:
@@ -169,11 +178,6 @@ def check_environment(run_id: str, tags: dict[str, str], environment: Environmen
 
 
 # ---------------------------------------------------------------------------- the code
-
-
-def git(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *arguments], cwd=cwd or provenance.CHECKOUT,
-                          capture_output=True, text=True)
 
 
 @contextmanager
@@ -243,10 +247,9 @@ def train_again(code: Path, run_id: str, tags: dict[str, str], run, uri: str,
     return answer["run_id"]
 
 
-def rerun_one(client, run_id: str, settings: RerunSettings, uri: str) -> Verdict:
-    tags = recorded_tags(uri, run_id)
-    check_record(run_id, tags, uri)
-    check_environment(run_id, tags, settings.environment)
+def rerun_one(client, run_id: str, tags: dict[str, str], settings: RerunSettings,
+              uri: str) -> Verdict:
+    """Rerun a run whose record was checked (`tags`, from `checked_record`) and judge it."""
     import mlflow
 
     original = client.get_run(run_id)
@@ -296,11 +299,9 @@ def study_runs(client, study: str) -> list[str]:
     return sorted(found)
 
 
-def run_ids(client, settings: RerunSettings) -> list[str]:
-    if settings.study:
-        candidates = study_runs(client, settings.study)
-        return sorted(random.Random(0).sample(candidates, min(settings.sample, len(candidates))))
-    return [settings.run_id]
+def sampled_study_runs(client, settings: RerunSettings) -> list[str]:
+    candidates = study_runs(client, settings.study)
+    return sorted(random.Random(0).sample(candidates, min(settings.sample, len(candidates))))
 
 
 def check_settings(settings: RerunSettings) -> None:
@@ -309,9 +310,7 @@ def check_settings(settings: RerunSettings) -> None:
     if settings.run_id and not RUN_ID.fullmatch(settings.run_id):
         raise UserError(f"rerun.run_id={settings.run_id}: an MLflow run id is 32 hexadecimal "
                         f"digits (the MLflow UI shows it on the run page).")
-    for name, allowed in ranges(RerunSettings).items():
-        if getattr(settings, name) not in allowed:
-            raise UserError(out_of_range(f"rerun.{name}", getattr(settings, name), allowed))
+    check_section_ranges("rerun", settings, RerunSettings)
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -322,13 +321,17 @@ def main(arguments: list[str] | None = None) -> None:
         settings, uri = cfg.rerun, cfg.tracking.uri
         check_settings(settings)
         check_store(uri)
+        records = {}
         if settings.run_id:  # the record checked before MLflow is imported
-            check_record(settings.run_id, recorded_tags(uri, settings.run_id), uri)
+            records[settings.run_id] = checked_record(uri, settings.run_id, settings.environment)
         import mlflow
 
         client = mlflow.MlflowClient(uri)
-        verdicts = [(run_id, rerun_one(client, run_id, settings, uri))
-                    for run_id in run_ids(client, settings)]
+        if settings.study:
+            records = {run_id: checked_record(uri, run_id, settings.environment)
+                       for run_id in sampled_study_runs(client, settings)}
+        verdicts = [(run_id, rerun_one(client, run_id, tags, settings, uri))
+                    for run_id, tags in records.items()]
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:

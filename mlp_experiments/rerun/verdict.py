@@ -11,7 +11,6 @@ from mlp_experiments.config.identity import decides_the_result
 from mlp_experiments.task import PER_EPOCH
 
 MEASURED = {"epoch_time_s", "samples_per_s"} & set(PER_EPOCH)  # timings, not results
-ENVIRONMENT_TAGS = ("env.python", "env.torch", "env.cuda", "env.cudnn", "env.uv_lock_sha256")
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,10 @@ def sibling_seeds(client, run) -> list[str]:
 
 def judge(client, original, rerun_id: str, tolerance: float) -> Verdict:
     names = sorted(set(original.data.metrics) - MEASURED)
-    seeds = [histories(client, seed, names) for seed in sibling_seeds(client, original)]
-    return compare(histories(client, original.info.run_id, names),
-                   histories(client, rerun_id, names), seeds, tolerance)
+    before = histories(client, original.info.run_id, names)
+    seeds = [before if seed == original.info.run_id else histories(client, seed, names)
+             for seed in sibling_seeds(client, original)]
+    return compare(before, histories(client, rerun_id, names), seeds, tolerance)
 
 
 def compare(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
@@ -88,8 +88,9 @@ def spreads(name: str, seeds: list[dict[str, dict[int, float]]]) -> list[float]:
 
 
 def likely_cause(original_tags: dict[str, str], rerun_tags: dict[str, str], params) -> str:
+    recorded = sorted(key for key in {*original_tags, *rerun_tags} if key.startswith("env."))
     changed = [f"{key.removeprefix('env.')} {original_tags.get(key)} -> {rerun_tags.get(key)}"
-               for key in ENVIRONMENT_TAGS if original_tags.get(key) != rerun_tags.get(key)]
+               for key in recorded if original_tags.get(key) != rerun_tags.get(key)]
     if changed:
         return f"the environment ({', '.join(changed)})"
     if original_tags.get("device") != rerun_tags.get("device"):
