@@ -58,7 +58,7 @@ class SweepConfig:
     direction: str = "maximize"
     sampler: str = "tpe"  # tpe, random, qmc (quasi-random) or grid
     sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 4}
-    pruner: str = "median"  # none, median, successive_halving, hyperband or threshold
+    pruner: str = "median"  # none, median, percentile, successive_halving, hyperband, threshold
     pruner_args: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the sampler's
     n_trials: int | None = None  # None: the size of the grid
@@ -224,6 +224,7 @@ def make_pruner(sweep: DictConfig):
     pruners = {
         "none": optuna.pruners.NopPruner,
         "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,  # keeps pruner_args.percentile % of trials
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "threshold": optuna.pruners.ThresholdPruner,  # prunes below pruner_args.lower
