@@ -184,8 +184,9 @@ def check_staged(sweep: DictConfig, training: list[str]) -> DictConfig:
     evaluation = stages.evaluation_sweep(sweep, {})
     for stage in [*stage_sweeps, evaluation]:
         check_settings(stage)
+    checked_groups = {}
     for stage in [*stage_sweeps, evaluation]:
-        check_space(stage, training, parse_space(stage.space))
+        check_space(stage, training, parse_space(stage.space), checked_groups)
     return evaluation
 
 

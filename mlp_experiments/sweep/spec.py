@@ -13,8 +13,14 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mlp_experiments.config.checks import model_shape
-from mlp_experiments.config.compose import CONF_DIR, CONFIG_GROUPS, check_overrides
+from mlp_experiments.config.checks import model_shape, validate
+from mlp_experiments.config.compose import (
+    CONF_DIR,
+    CONFIG_GROUPS,
+    check_no_credentials,
+    check_overrides,
+    with_values,
+)
 from mlp_experiments.errors import UserError
 from mlp_experiments.sweep.space import corner_params, grid_of
 from mlp_experiments.task import Task
@@ -281,14 +287,17 @@ def trial_overrides(sweep: DictConfig, training: list[str],
     return composed, values
 
 
-def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any]) -> None:
+def check_space(sweep: DictConfig, training: list[str], distributions: dict[str, Any],
+                checked_groups: dict[tuple[str, ...], DictConfig] | None = None) -> None:
     """Before any trial: every searched key exists, log-scale keys are searched on a log scale,
     and each value at the ends of its range gives a valid training config (the same checks as
     a command line's), that produces the sweep's metric and whose model, loss, optimizer and
-    scheduler can be built."""
+    scheduler can be built. `checked_groups` keeps the configs checked so far by their
+    group-choosing overrides, for the stages of one comparison."""
     from optuna.distributions import CategoricalDistribution
 
-    base = check_overrides([*sweep.overrides, *training])
+    checked_groups = {} if checked_groups is None else checked_groups
+    base = checked_trial([*sweep.overrides, *training], checked_groups)
     for override in [*sweep.overrides, *training]:
         for key in (key for key in distributions if sets(override, key)):
             also = ", or set how many seeds with sweep.seeds=N" if key == SEED_KEY else ""
@@ -309,11 +318,30 @@ def check_space(sweep: DictConfig, training: list[str], distributions: dict[str,
             )
     for params in corner_params(distributions, sweep.variants):
         try:
-            cfg = check_overrides(sum(trial_overrides(sweep, training, params), []))
+            cfg = checked_trial(sum(trial_overrides(sweep, training, params), []), checked_groups)
             check_metric(sweep, cfg)
             build_trial(cfg)
         except UserError as error:
             raise UserError(f"The trial {params}: {error}") from None
+
+
+def checked_trial(overrides: list[str],
+                  checked_groups: dict[tuple[str, ...], DictConfig]) -> DictConfig:
+    """A trial's config with a command line's checks, composed as Hydra does, with the config
+    tree read once per choice of config groups and the `key=value`s applied on it (a tuned
+    comparison has dozens of corners over a few choices). An override the quick path cannot
+    take is checked whole, for the command line's message."""
+    groups = [o for o in overrides if o.split("=")[0].lstrip("+~") in CONFIG_GROUPS]
+    values = [o for o in overrides if o.split("=")[0].lstrip("+~") not in CONFIG_GROUPS]
+    try:
+        if tuple(groups) not in checked_groups:
+            checked_groups[tuple(groups)] = check_overrides(groups)
+        cfg = with_values(checked_groups[tuple(groups)], values)
+        validate(cfg)
+        check_no_credentials(cfg)
+        return cfg
+    except Exception:  # the whole check below names the problem
+        return check_overrides(overrides)
 
 
 def sets(override: str, key: str) -> bool:
