@@ -245,13 +245,20 @@ def make_pruner(sweep: DictConfig):
 def made(kind: type, setting: str, name: str, arguments: DictConfig, **fixed: Any):
     """An Optuna sampler or pruner from the sweep's `<setting>_args`, each of which must be a
     parameter of its class."""
-    takes = [p for p in inspect.signature(kind).parameters if p not in fixed]
+    parameters = inspect.signature(kind).parameters
+    takes = [p for p in parameters if p not in fixed]
     unknown = sorted(set(arguments) - set(takes))
     if unknown:
         raise UserError(
             f"sweep.{setting}_args: {', '.join(unknown)} is not a parameter of the {name} "
             f"{setting} ({kind.__name__}): it takes {', '.join(takes)}."
         )
+    needed = [p for p in takes if p not in arguments and parameters[p].kind is
+              inspect.Parameter.POSITIONAL_OR_KEYWORD and parameters[p].default is
+              inspect.Parameter.empty]
+    if needed:
+        raise UserError(f"sweep.{setting}={name} needs sweep.{setting}_args.{needed[0]} (a "
+                        f"parameter of {kind.__name__}).")
     try:
         return kind(**arguments, **fixed)
     except (TypeError, ValueError) as error:
