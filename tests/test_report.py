@@ -495,4 +495,4 @@ def test_a_tuned_comparison_costs_its_tuning_and_its_evaluation_together():
         "- in all: 10 trials, 23 epochs, 5.5 CPU-minutes (over the 9 trials that recorded it)",
         "- for scale, the same variants at one setting on 5 fixed seeds: 10 trials, 30 epochs, "
         "7.5 CPU-minutes (estimated: their epochs at the CPU time per epoch measured here); "
-        "this comparison cost 0.7 times that"]
+        "this comparison cost 0.73 times that"]

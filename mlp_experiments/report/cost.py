@@ -86,6 +86,6 @@ def cost_lines(study, tuning: dict[str, object] | None) -> list[str]:
     if fixed is not None and fixed.cpu_s > 0:
         lines += [f"- for scale, the same variants at one setting on {FIXED_SEEDS} fixed seeds: "
                   f"{fixed.describe()} (estimated: their epochs at the CPU time per epoch "
-                  f"measured here); this comparison cost {tuned.cpu_s / fixed.cpu_s:.1f} times "
+                  f"measured here); this comparison cost {tuned.cpu_s / fixed.cpu_s:.2f} times "
                   f"that"]
     return lines
