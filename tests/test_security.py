@@ -441,6 +441,7 @@ pruner: median
         ("sweep.pruner=patient", "sweep.pruner=patient: choose one of none, median"),
         ("sweep.pruner_args={n_warmup: 4}", "n_warmup is not a parameter of the median pruner"),
         ("sweep.pruner=percentile", "sweep.pruner=percentile needs sweep.pruner_args.percentile"),
+        ("+hydra.job.env_set.TORCH_LOGS_OUT=x", "overriding hydra.job.env_set.TORCH_LOGS_OUT is"),
         ("sweep.sampler_args={startup: 4}", "startup is not a parameter of the tpe sampler"),
         (("sweep.sampler=grid", "sweep.sampler_args={seed: 1}"), "the grid sampler takes none"),
         ("sweep.storage=redis://user:secret@host/0", "the scheme 'redis' is not an Optuna"),

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mlp_experiments.config import hydra_node
 from mlp_experiments.config.checks import model_shape, validate
 from mlp_experiments.config.compose import (
     CONF_DIR,
@@ -338,8 +339,10 @@ def checked_trial(overrides: list[str],
     tree read once per choice of config groups and the `key=value`s applied on it (a tuned
     comparison has dozens of corners over a few choices). An override the quick path cannot
     take is checked whole, for the command line's message."""
-    groups = [o for o in overrides if o.split("=")[0].lstrip("+~") in CONFIG_GROUPS]
-    values = [o for o in overrides if o.split("=")[0].lstrip("+~") not in CONFIG_GROUPS]
+    hydra_node.check_hydra_overrides(overrides)  # as check_overrides does: first, and for all
+    chooses = [o.split("=")[0].lstrip("+~") in CONFIG_GROUPS for o in overrides]
+    groups = [o for o, group in zip(overrides, chooses, strict=True) if group]
+    values = [o for o, group in zip(overrides, chooses, strict=True) if not group]
     try:
         if tuple(groups) not in checked_groups:
             checked_groups[tuple(groups)] = check_overrides(groups)
