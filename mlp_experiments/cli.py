@@ -29,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mlp_experiments.config.schemas import TrackingConfig
-from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
+from mlp_experiments.errors import UserError, exit_interrupted, stop_on_signals
 from mlp_experiments.redact import redact
 
 
@@ -252,8 +252,8 @@ def train() -> None:
     look for a `conf` package instead."""
     import runpy
 
-    stop_on_signals()  # a signal while the module imports ends the command quietly too
     try:
+        stop_on_signals()  # a signal while the module imports ends the command quietly too
         runpy.run_module("mlp_experiments.train", run_name="__main__", alter_sys=True)
     except KeyboardInterrupt as stop:
-        raise SystemExit(interrupted_exit_code(stop)) from None
+        exit_interrupted(stop)

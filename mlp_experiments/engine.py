@@ -45,7 +45,8 @@ class StopTraining(Exception):
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     outcome: str = COMPLETED
-    run_id: str | None = None  # the tracking run that recorded it (train() sets it)
+    run_id: str | None = None  # the MLflow run that recorded it, once it has reached MLflow
+    journal: str | None = None  # the folder of the run's journal (tracking.run_folder)
 
     def best(self, metric: str, maximize: bool | None = None) -> float:
         """The best value of a metric over the epochs; unless told, the highest accuracy or the

@@ -4,10 +4,16 @@ config errors Hydra and OmegaConf raise."""
 from __future__ import annotations
 
 import difflib
+import logging
+import os
 import re
 import signal
+import sys
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
+
+from mlp_experiments import held_signals
 
 
 class UserError(Exception):
@@ -25,7 +31,8 @@ _received: list[int] = []  # the signal that stopped the command, once one has
 def stop_on_signals() -> None:
     """SIGTERM stops the command as Ctrl-C does; after the first of either, both are ignored
     while the command closes its records (a second Ctrl-C used to cut that short and leave a
-    run RUNNING). SIGKILL still ends it at once."""
+    run RUNNING). SIGKILL still ends it at once. Call it in the `try` whose
+    `except KeyboardInterrupt` ends the command: a Ctrl-C held while it loaded is raised here."""
 
     def stop(signum: int, _frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -35,6 +42,8 @@ def stop_on_signals() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if held_signals:  # a Ctrl-C while the command loaded (mlp_experiments/__init__.py)
+        stop(held_signals[0], None)
 
 
 def raise_if_stopped() -> None:
@@ -48,6 +57,25 @@ def raise_if_stopped() -> None:
 def interrupted_exit_code(stop: KeyboardInterrupt) -> int:
     """The shell's code for the signal that stopped the command: 128 + its number."""
     return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+def exit_interrupted(stop: KeyboardInterrupt) -> NoReturn:
+    """End a stopped command, its records closed, with interrupted_exit_code. Not by
+    SystemExit: once a KeyboardInterrupt has left code that exec() ran from a string (the
+    methods dataclasses define: a Ctrl-C while MLflow imports pydantic), CPython ends a
+    `python -m` process by SIGINT whatever code it was given (Py_RunMain's
+    _Py_UnhandledKeyboardInterrupt). A script or a spawned worker exits with the code it gives."""
+    exit_now(interrupted_exit_code(stop))
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End the command with `code` without the interpreter's teardown: by then every record is
+    written and closed, and the teardown would only run the destructors of torch's CUDA
+    libraries, which page in ~70 MiB (the process's peak memory) and take about a second."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 _UNKNOWN_KEY = re.compile(r"Key '([^']+)' not in '[^']+'\s+full_key: (\S+)")

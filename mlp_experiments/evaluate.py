@@ -258,7 +258,7 @@ def log_run_figures(tracking_uri: str, run_id: str, history: list[dict[str, floa
     lacks (a sweep draws them this way for its best trials only)."""
     import mlflow
 
-    from mlp_experiments import data, recorder, tracking
+    from mlp_experiments import data, plots, tracking
 
     client = mlflow.MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
@@ -267,9 +267,7 @@ def log_run_figures(tracking_uri: str, run_id: str, history: list[dict[str, floa
         network = build_network(cfg, dataset)
         load_weights(network, client, run_id, folder)
     predictions = None if dataset.regression else predict_test_set(network, dataset, cfg)
-    recorder.log_figures(client, run_id, history,
-                         tracking.dataset_record(dataset, test_examples=True),
-                         None if predictions is None else predictions.tolist())
+    plots.log_run_figures(client, run_id, tracking.figure_data(dataset, history, predictions))
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ MLflow's own app, whose page starts a browser on MLflow's Model training view.
 MLflow 3.17's UI opens an experiment on the view chosen in its sidebar's GenAI / Model training
 switch, which it keeps in the browser's localStorage (`mlflow.workflowType_v1`) and which is
 GenAI until a person chooses. It does not read the experiment tag `mlflow.experimentKind`
-(recorder.py sets it all the same, for the readers that do). One line of script in the page
+(stores.py sets it all the same, for the readers that do). One line of script in the page
 makes Model training the choice of a browser that has made none; a choice a person makes later
 stays theirs.
 """

@@ -6,6 +6,8 @@ Every model is called as `Model(in_features, num_outputs, **config)`; `in_featur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -209,3 +211,22 @@ class ServingModel(nn.Module):
             positive = torch.sigmoid(outputs)
             return torch.cat([1 - positive, positive], dim=1)
         return outputs
+
+
+def save_served_model(model, dataset, output: str, folder: Path) -> None:
+    """The served model (a ServingModel) saved as an MLflow PyTorch model with its signature and
+    input example, into `folder` (the run's journal folder, whence its sender logs it)."""
+    import shutil
+
+    import mlflow
+
+    test_inputs = dataset.test[0]
+    served = ServingModel(model, test_inputs.dtype == torch.uint8, dataset.normalization, output)
+    example = test_inputs[:4].float()
+    with torch.no_grad():
+        predicted = served(example).numpy()
+    shutil.rmtree(folder, ignore_errors=True)  # a resumed run's earlier try
+    mlflow.pytorch.save_model(
+        served, str(folder), signature=mlflow.models.infer_signature(example.numpy(), predicted),
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

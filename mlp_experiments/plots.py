@@ -29,7 +29,7 @@ from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.errors import UserError
 from mlp_experiments.stores import check_folder
 
-if TYPE_CHECKING:  # a run's figures need no torch: the recorder process never imports it
+if TYPE_CHECKING:  # a run's figures need no torch: the sender process never imports it
     import torch
     from torch import nn
 
@@ -99,6 +99,28 @@ def prediction_grid(
         axis.set_title(f"{classes[label]}\n{classes[prediction]}", fontsize=8, color=color)
     figure.suptitle("Test images: true label / prediction")
     return figure
+
+
+def log_run_figures(client, run_id: str, data: dict) -> None:
+    """Log a run's figures to its MLflow run (`client`: an MlflowClient) under plots/."""
+    for path, figure in run_figures(data).items():
+        client.log_figure(run_id, figure, path)
+        plt.close(figure)
+
+
+def run_figures(data: dict) -> dict[str, Figure]:
+    """A run's figures by their artifact path, from tracking.figure_data's `data`: learning
+    curves, and for a classifier the confusion matrix and (for images) 16 test images."""
+    figures = {"plots/learning_curves.png": learning_curves(data["history"])}
+    if data["predictions"] is not None:
+        labels, predicted = np.asarray(data["test_labels"]), np.asarray(data["predictions"])
+        classes = tuple(data["classes"])
+        figures["plots/confusion_matrix.png"] = confusion_matrix(labels, predicted, classes)
+        if data["test_images"] is not None:
+            figures["plots/predictions.png"] = prediction_grid(
+                np.asarray(data["test_images"], dtype=np.uint8), labels[:16], predicted[:16],
+                classes)
+    return figures
 
 
 def activation_curve(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,11 @@
-"""What a run's record needs before MLflow or Optuna is imported: a tracking server that
-answers, a SQLite file that is one and can be written, a database server that answers."""
+"""The stores of the records: what they need before MLflow or Optuna is imported (a tracking
+server that answers, a SQLite file that is one and can be written, a database server that
+answers), and an MLflow store opened with its experiment."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import socket
 import tempfile
@@ -109,3 +112,76 @@ def check_folder(folder: str | Path, key: str) -> None:
         raise UserError(f"{key}={folder}: this folder cannot be created or written here "
                         f"({error.strerror} in {parent}). Choose a folder you can write, e.g. "
                         f"under your home or the working directory.") from None
+
+
+# An experiment's kind, as MLflow's UI names it (its JS bundle reads and writes the tag; MLflow's
+# Python package has no constant for either): these experiments train models, not GenAI apps.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+# MLflow's SQL store logs every failed query with its traceback, also those tried again: its
+# message stays, the traceback goes. Nor is its progress said (a new store's tables).
+logging.getLogger("mlflow.store.db.utils").addFilter(without_traceback)
+for chatter in ("mlflow.store.db.utils", "mlflow.tracking.fluent"):
+    logging.getLogger(chatter).setLevel(logging.WARNING)
+
+
+@functools.cache
+def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id in the store (created if new, with the model-training kind), looked
+    up once per process. Fresh processes on one new SQLite file take turns creating it."""
+    import mlflow
+
+    with sqlite_lock(uri):
+        database = sqlite_path(uri)
+        if database and not database.exists() and (made := new_sqlite_store(database, name)):
+            return made
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store from before the kind was set
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                  MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def new_sqlite_store(database: Path, experiment: str) -> str | None:
+    """A new SQLite store, made whole with its experiment in a file beside it, then linked into
+    place: MLflow creates its tables in dozens of transactions, and a process killed among them
+    leaves a store that no later one can open ("duplicate column name"). None if another
+    process (a sqlite3 shell, an MLflow server) made the file meanwhile: that one is used, as
+    it is, never replaced under its open connections."""
+    import mlflow
+
+    scratch = database.with_name(f".{database.name}.new")
+    for left in database.parent.glob(f"{scratch.name}*"):  # of a creator killed (under the lock)
+        left.unlink()
+    try:
+        client = mlflow.MlflowClient(f"sqlite:///{scratch}")
+        made = client.create_experiment(experiment,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        os.link(scratch, database)  # unlike a rename, fails if the file exists
+        return made
+    except FileExistsError:
+        return None
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def open_store(uri: str, experiment: str) -> str:
+    """Check the store answers and return the experiment's id: one message if it does not."""
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    try:
+        return experiment_id(uri, experiment)
+    except Exception as error:
+        raise UserError(f"Cannot open MLflow tracking store {redact(uri)} "
+                        f"({redact(str(error))}). Fix tracking.uri, or record nothing with "
+                        f"tracking=none.") from None

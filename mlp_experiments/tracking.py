@@ -1,230 +1,303 @@
-"""A training run's MLflow record, as train() drives it: `MlflowTracker.recording` opens the
-run, gives every way out of it the run's true status, and turns a tracking store that stops
-answering into one message.
-
-The MLflow side (recorder.Recorder) works in a process of its own, started before the training
-process imports torch: MLflow's import, the store's schema check and the figures then take the
-other core while this process imports torch, loads the data and trains. Where MLflow is already
-imported (a sweep's trials, a run with `log_model`, whose served model is the network object
-itself) it works in this process. Both answer the same calls with the same plain data.
+"""A run's MLflow record, journaled: train() appends every record of a run (its start with
+params, tags and data, each epoch's metrics, artifacts, its end and status) to an append-only
+journal in the run's folder, `<trainer.checkpoint_dir>/<config hash>/runs/<journal id>/`.
+A sender process (mlp_experiments/sender.py, one per training process, started before torch
+is imported so that MLflow loads on the other core) ships journals to MLflow as they grow.
+Training never waits for the tracking store; a command waits up to DRAIN_S at its end for its
+records to reach it, then names what is left and `mlp-sync`, which sends it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
-import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mlp_experiments.config.identity import flatten
 from mlp_experiments.errors import UserError
 from mlp_experiments.redact import redact
+from mlp_experiments.stores import sqlite_path
+
+JOURNAL, MARK, ARTIFACTS = "journal.jsonl", "sent.json", "artifacts"
+DRAIN_S = 30  # how long a command waits at its end with no record reaching MLflow
 
 
-class TrackingUnavailable(UserError):
-    """The tracking store stopped taking the run's records: training stops, checkpoint intact."""
+def run_folder(checkpoint_dir: str, run_hash: str, journal_id: str) -> Path:
+    return Path(checkpoint_dir).resolve() / run_hash / "runs" / journal_id
 
 
-class StoreError(Exception):
-    """The tracking store refused or did not answer a call (MLflow's error, in either process)."""
+def new_journal_id() -> str:
+    return uuid.uuid4().hex
 
 
-def dataset_record(dataset, test_examples: bool = False) -> dict:
-    """What the record of a run says of its data (plain data); with `test_examples`, the test
-    labels and the first 16 test images too, for the figures."""
-    test_inputs, test_labels = dataset.test
-    images = str(test_inputs.dtype) == "torch.uint8"
-    record = {"name": dataset.name, "source": dataset.source, "digest": dataset.digest,
-              "classes": list(dataset.classes),
-              "sizes": {split: len(getattr(dataset, split)[1]) for split in
-                        ("train", "val", "test")}}
-    if test_examples:
-        record["test_labels"] = test_labels.tolist()
-        record["test_images"] = test_inputs[:16].tolist() if images else None
-    return record
-
-
-class InProcess:
-    """The recorder in this process."""
-
-    def __init__(self, cfg: DictConfig):
-        import mlflow
-
-        from mlp_experiments.recorder import Recorder
-
-        self.store_error = mlflow.exceptions.MlflowException
-        self.recorder = Recorder(cfg)
-
-    def call(self, name: str, arguments: dict):
+def read_journal(path: Path) -> tuple[list[dict], int, str | None]:
+    """The journal's records up to the first line that is cut or not its next record, the
+    bytes they take, and what was cut (None when nothing was)."""
+    records, size = [], 0
+    data = path.read_bytes() if path.exists() else b""
+    for line in data.splitlines(keepends=True):
         try:
-            return getattr(self.recorder, name)(**arguments)
-        except self.store_error as error:
-            raise StoreError(str(error)) from None
+            record = json.loads(line)
+            whole = line.endswith(b"\n") and record["seq"] == len(records)
+        except (ValueError, KeyError, TypeError):
+            whole = False
+        if not whole:
+            return records, size, f"{len(data) - size} bytes after record {len(records) - 1}"
+        records.append(record)
+        size += len(line)
+    return records, size, None
 
-    def close(self, abandon: bool = False) -> None:
-        pass
 
-    def ended(self) -> bool:
+def read_mark(folder: Path) -> dict:
+    """What the sender has sent of a journal: its MLflow run, the count of records sent, and
+    whether the run is closed in MLflow."""
+    if (folder / MARK).exists():
+        return json.loads((folder / MARK).read_text())
+    return {"run_id": None, "sent": 0, "closed": False}
+
+
+def write_json(path: Path, value: dict) -> None:
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value))
+    os.replace(temporary, path)
+
+
+def writer_alive(folder: Path) -> bool:
+    """Does a process hold the journal open for writing? (The kernel drops a dead one's lock.)"""
+    with open(folder / JOURNAL, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
         return False
 
-    def settle(self) -> None:
-        pass
 
+class Journal:
+    """One run's journal, held open (and locked) by the process that writes it: a record a
+    line, numbered from 0, flushed at once and fsync'd at every epoch and status change."""
 
-class OwnProcess:
-    """The recorder in a process of its own, which opens the store while this one goes on:
-    the answer to that first call is read with the next call's."""
-
-    def __init__(self, cfg: DictConfig):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlp_experiments.recorder"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True)
-        self.unanswered = 0
-        self.send("open", {"cfg": OmegaConf.to_container(cfg, resolve=True)})
-
-    def send(self, name: str, arguments: dict) -> None:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        records, size, _ = read_journal(folder / JOURNAL)
+        self.file = open(folder / JOURNAL, "ab")  # noqa: SIM115 (held open until close())
         try:
-            self.process.stdin.write(json.dumps({"call": name, "arguments": arguments}) + "\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, ValueError):  # it died (killed, out of memory): no traceback
-            raise StoreError(f"the recording process ended (exit code "
-                             f"{self.process.wait()})") from None
-        self.unanswered += 1
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise UserError(f"Another process is writing the journal in {folder}.") from None
+        self.file.truncate(size)  # a line cut by a crash goes before the next is appended
+        self.seq = len(records)
+        self.epochs = {r["step"] for r in records if r["kind"] == "epoch"}
 
-    def ended(self) -> bool:
-        return self.process.poll() is not None
+    def append(self, kind: str, durable: bool = False, **fields) -> None:
+        line = json.dumps({"seq": self.seq, "kind": kind, "time": time.time(), **fields})
+        try:
+            self.file.write((redact(line) + "\n").encode())
+            self.file.flush()
+            if durable:
+                os.fsync(self.file.fileno())
+        except OSError as error:
+            raise UserError(f"Cannot write the run's journal in {self.folder}: "
+                            f"{error.strerror}. Free space there or set trainer.checkpoint_dir "
+                            f"to a folder with room, then resume with trainer.resume=true.") \
+                from None
+        self.seq += 1
 
-    def answer(self):
-        line = self.process.stdout.readline()
-        self.unanswered -= 1
-        if not line:
-            raise StoreError(f"the recording process ended (exit code {self.process.wait()})")
-        reply = json.loads(line)
-        if "error" not in reply:
-            return reply["ok"]
-        errors = {"store": StoreError, "user": UserError, "other": RuntimeError}
-        raise errors[reply["kind"]](reply["error"])
+    def artifact(self, name: str, content: bytes) -> None:
+        """A file of the run (its artifact `name` in MLflow), written first, then journaled."""
+        path = self.folder / ARTIFACTS / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:  # on disk before the journal names it
+            file.write(content)
+            os.fsync(file.fileno())
+        self.append("artifact", artifact=name)
 
-    def call(self, name: str, arguments: dict):
-        while self.unanswered:
-            self.answer()
-        self.send(name, arguments)
-        return self.answer()
-
-    def settle(self) -> None:
-        """Read the answers still owed to calls whose caller was interrupted: their errors (a
-        file the interrupted caller had already deleted) must not keep the run from ending."""
-        while self.unanswered:
-            with suppress(StoreError, UserError, RuntimeError):
-                self.answer()
-
-    def close(self, abandon: bool = False) -> None:
-        """Let the process end once it has answered; `abandon` stops it at once (no run was
-        started: there is nothing it could still write)."""
-        if abandon:
-            self.process.kill()
-        elif not self.process.stdin.closed:
-            with suppress(BrokenPipeError):  # it died: nothing is left to flush to
-                self.process.stdin.close()
-        self.process.wait()
+    def close(self) -> None:
+        self.file.close()
 
 
-class MlflowTracker:
-    """One MLflow run per training, opened by `recording`; a resumed run continues its own
-    MLflow run and logs the epochs it lacks."""
+class Sender:
+    """This process's sender (`python -m mlp_experiments.sender`): started once, told each
+    journal folder to ship on its stdin; a sender that died is replaced at the next one."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.run_id: str | None = None
-        in_process = "mlflow" in sys.modules or cfg.log_model
-        self.recorder = (InProcess if in_process else OwnProcess)(cfg)
+    process: subprocess.Popen | None = None
+    followed: list[Path] = []  # the journals it was told and not yet seen sent, for a wait
+
+    @classmethod
+    def start(cls, uri: str = "") -> None:
+        """Start it unless it runs: given the store's URL, it loads what sending to that kind
+        of store needs at once, while this process is still loading torch and the data."""
+        if cls.process is None or cls.process.poll() is not None:
+            scheme = uri.partition(":")[0]  # only the scheme: a URL may hold credentials
+            cls.process = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sender",
+                                            scheme], stdin=subprocess.PIPE, text=True)
+
+    @classmethod
+    def follow(cls, folder: Path) -> None:
+        cls.start()
+        cls.followed.append(folder)
+        with suppress(BrokenPipeError):  # it died just now: the wait says what is unsent
+            cls.process.stdin.write(f"{folder}\n")
+            cls.process.stdin.flush()
+
+    @classmethod
+    def wait(cls, folders: list[Path] | None = None, seconds: float = DRAIN_S) -> list[Path]:
+        """Wait until each journal (every one followed, by default) is sent and its run closed
+        in MLflow, while records keep arriving: at most `seconds` without one (a slow store
+        is waited for, one that does not answer is not; signals do not cut it short: the
+        records are on their way); say what is left."""
+        left = list(dict.fromkeys(cls.followed if folders is None else folders))
+        sent = {folder: read_mark(folder)["sent"] for folder in left}
+        deadline = time.monotonic() + seconds
+        while left and time.monotonic() < deadline:
+            try:
+                marks = {folder: read_mark(folder) for folder in left}
+                left = [folder for folder in left if not shipped(folder, marks[folder])]
+                if left and cls.process is not None and cls.process.poll() is not None:
+                    break  # the sender is gone (killed): mlp-sync sends what it left
+                if any(marks[folder]["sent"] > sent[folder] for folder in left):
+                    sent |= {folder: marks[folder]["sent"] for folder in left}
+                    deadline = time.monotonic() + seconds
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                continue
+        if folders is None:  # a worker's later waits (its next stages) skip the sent ones
+            cls.followed = left
+        for folder in left:
+            print(f"warning: {unsent(folder)} record(s) of this run are not in MLflow yet "
+                  f"(journal {folder / JOURNAL}): once the store answers, send them with "
+                  f"`uv run mlp-sync {folder.parent.parent.parent}`", file=sys.stderr,
+                  flush=True)
+        return left
+
+
+def shipped(folder: Path, mark: dict | None = None) -> bool:
+    """Are all the journal's records in MLflow, and its run closed there? (`mark`: its
+    read_mark, where the caller has it.)"""
+    mark = mark or read_mark(folder)
+    return mark["closed"] and mark["sent"] == len(read_journal(folder / JOURNAL)[0])
+
+
+def left_over(folder: Path) -> bool:
+    """Does the journal in `folder` have records or a status not in MLflow that no live
+    process will send (its writer, whose sender sends it, is gone)?"""
+    return (folder / JOURNAL).exists() and not shipped(folder) and not writer_alive(folder)
+
+
+def unsent(folder: Path) -> int:
+    return len(read_journal(folder / JOURNAL)[0]) - read_mark(folder)["sent"]
+
+
+def dataset_record(dataset) -> dict:
+    """What the record of a run says of its data (plain data)."""
+    return {"name": dataset.name, "source": dataset.source, "digest": dataset.digest,
+            "sizes": {split: len(getattr(dataset, split)[1]) for split in
+                      ("train", "val", "test")}}
+
+
+def figure_data(dataset, history: list[dict], predictions) -> dict:
+    """What a run's figures are drawn from: its history and, for a classifier, the test labels,
+    the predicted classes and (for images) the first 16 test images."""
+    if predictions is None:
+        return {"history": history, "predictions": None}
+    test_inputs, test_labels = dataset.test
+    images = str(test_inputs.dtype) == "torch.uint8"
+    return {"history": history, "predictions": predictions.tolist(),
+            "test_labels": test_labels.tolist(), "classes": list(dataset.classes),
+            "test_images": test_inputs[:16].tolist() if images else None}
+
+
+class RunRecord:
+    """What train() records of one run (`cfg`: its tracking config) in the journal in `folder`:
+    `recording` opens it and gives every way out of the run its true status."""
+
+    def __init__(self, cfg: DictConfig, folder: Path):
+        self.cfg, self.folder = cfg, folder
 
     @contextmanager
-    def recording(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None,
-                  dataset) -> Iterator[str]:
-        """Start (or continue) the run; an exception marks it crashed (FAILED), Ctrl-C or an
-        exit from a signal handler (submitit's, when Slurm requeues the job) interrupted
-        (KILLED), and a tracking store that stops answering stops the run with one
-        message. The body ends the run itself with `finish` when training is over."""
+    def recording(self, cfg: DictConfig, tags: dict[str, str], dataset,
+                  parent_run_id: str | None, run_name: str | None) -> Iterator[None]:
+        self.journal = Journal(self.folder)
+        Sender.follow(self.folder)
         try:
-            self.start(cfg, tags, run_id, dataset)
-            yield self.run_id
+            self.start(cfg, tags, dataset, parent_run_id, run_name)
+            yield
         except (KeyboardInterrupt, SystemExit):
             self.end("interrupted")
             raise
-        except StoreError as error:
-            self.end("crashed", retries=False)
-            if self.recorder.ended() and self.run_id:  # the recorder died: close its run here
-                self.close_run_here("crashed")
-            raise TrackingUnavailable(
-                f"MLflow stopped taking the records of run {self.run_id} in {redact(self.cfg.uri)} "
-                f"({redact(str(error)).splitlines()[0][:300]}). Training stopped; the checkpoint "
-                f"keeps every finished epoch. Once the tracking store is back, run the same "
-                f"command with trainer.resume=true: it continues the run and logs the epochs "
-                f"MLflow lacks."
-            ) from None
         except BaseException:
             self.end("crashed")
             raise
+        finally:
+            self.journal.close()
 
-    def start(self, cfg: DictConfig, tags: dict[str, str], run_id: str | None, dataset) -> None:
+    def start(self, cfg: DictConfig, tags: dict[str, str], dataset, parent_run_id: str | None,
+              run_name: str | None) -> None:
         from mlp_experiments.provenance import code_diff
 
-        self.run_id = self.recorder.call("start", {
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            "config_yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
-            "code_diff": redact(code_diff()),
-            "tags": tags, "run_id": run_id, "dataset": dataset_record(dataset)})
+        database = sqlite_path(self.cfg.uri)  # made absolute: mlp-sync may run elsewhere
+        uri = f"sqlite:///{database.resolve()}" if database else self.cfg.uri
+        store = {"uri": uri, "experiment": self.cfg.experiment,
+                 "tags": tags, "system_metrics": system_metrics(self.cfg)}
+        if self.journal.seq:  # a resumed run: its params, data and config are journaled
+            self.journal.append("start", durable=True, resumed=True, **store)
+            return
+        config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.journal.append("start", durable=True, **store, parent_run_id=parent_run_id,
+                            run_name=run_name or self.cfg.run_name, dataset=dataset_record(dataset),
+                            params={key: str(value) for key, value in flatten(config).items()})
+        self.journal.artifact("config.yaml", redact(OmegaConf.to_yaml(cfg, resolve=True)).encode())
+        if diff := code_diff():
+            self.journal.artifact("code.diff", redact(diff).encode())
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.recorder.call("log_epoch", {"epoch": epoch, "metrics": metrics})
+        """The epoch's metrics, unless the journal has them (a resumed run replays its epochs)."""
+        if epoch not in self.journal.epochs:
+            self.journal.append("epoch", durable=True, step=epoch, metrics=metrics)
+            self.journal.epochs.add(epoch)
 
     def log_results(self, model, history, dataset, predictions, table: str, output: str) -> None:
-        """Figures, parameter table, weights and (with `log_model`) the served model;
-        `predictions` are the test set's classes (None for regression, or without `plots`);
-        `output` is what the model returns (see models.ServingModel)."""
+        """Weights, parameter table, the figures' data (with `plots`) and, with `log_model`,
+        the served model; `predictions` are the test set's classes (None for regression)."""
+        import io
+
         import torch
 
-        from mlp_experiments.models import ServingModel
-
         model = model.cpu().eval()
-        served = None
+        weights = io.BytesIO()
+        torch.save(model.state_dict(), weights)
+        self.journal.artifact("model_state/state_dict.pt", weights.getvalue())
+        self.journal.artifact("parameters.md", table.encode())
+        if self.cfg.plots:
+            self.journal.append("figures", artifact="plots/learning_curves.png",
+                                **figure_data(dataset, history, predictions))
         if self.cfg.log_model:
-            test_inputs = dataset.test[0]
-            served = (ServingModel(model, test_inputs.dtype == torch.uint8,
-                                   dataset.normalization, output), test_inputs[:4].float())
-        with tempfile.TemporaryDirectory() as folder:
-            state_dict = Path(folder) / "state_dict.pt"
-            torch.save(model.state_dict(), state_dict)
-            arguments = {"history": history, "table": table, "state_dict": str(state_dict),
-                         "dataset": dataset_record(dataset, predictions is not None),
-                         "predictions": None if predictions is None else predictions.tolist()}
-            self.recorder.call("log_results", arguments | ({"served": served} if served else {}))
+            from mlp_experiments.models import save_served_model
+
+            save_served_model(model, dataset, output, self.folder / ARTIFACTS / "model")
+            self.journal.append("model", artifact="model")
 
     def finish(self, outcome: str) -> None:
-        self.recorder.call("finish", {"outcome": outcome})
+        self.journal.append("end", durable=True, outcome=outcome)
 
-    def end(self, outcome: str, retries: bool = True) -> None:
-        with suppress(StoreError, UserError, RuntimeError):  # the run keeps what it recorded
-            self.recorder.settle()
-            self.recorder.call("end", {"outcome": outcome, "retries": retries})
+    def end(self, outcome: str) -> None:
+        with suppress(UserError):  # a full disk: the run ends as lost, with what it recorded
+            self.journal.append("end", durable=True, outcome=outcome)
 
-    def close_run_here(self, outcome: str) -> None:
-        """End the run from this process, when the recorder that had it open is gone."""
-        from mlp_experiments import recorder
 
-        with suppress(Exception):  # the store itself may be what failed: the run stays open
-            recorder.end_if_running(self.cfg.uri, self.run_id, outcome)
-
-    def discard(self, run_id: str) -> None:
-        """Delete a run made for this training that recorded nothing (MLflow keeps it, marked
-        deleted, until `mlflow gc`)."""
-        self.recorder.call("discard", {"run_id": run_id})
-
-    def close(self) -> None:
-        """After `finish` or `end`, or when training never started (train() always calls it)."""
-        self.recorder.close(abandon=self.run_id is None)
+def system_metrics(cfg: DictConfig) -> dict | None:
+    """MLflow's system-metrics sampling for the run, as this process's environment sets it."""
+    get = os.environ.get
+    return {"sampling_interval": float(get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)),
+            "samples_before_logging": int(get("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING",
+                                              1))} if cfg.system_metrics else None

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import cluster, provenance, stores
+from mlp_experiments import cluster, provenance, stores, tracking
 from mlp_experiments.config.checks import model_schema, model_shape, validate
 from mlp_experiments.config.compose import (
     CONF_DIR,
@@ -35,7 +34,8 @@ from mlp_experiments.config.identity import config_hash
 from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import (
     UserError,
-    interrupted_exit_code,
+    exit_interrupted,
+    exit_now,
     raise_if_stopped,
     stop_on_signals,
 )
@@ -61,24 +61,44 @@ def _hydra_context() -> tuple[list[str] | None, dict[str, str]]:
     return list(hydra_cfg.overrides.task), choices
 
 
-def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_id: str | None = None,
-          run_hash: str | None = None, overrides: list[str] | None = None):
+def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_hash: str | None = None,
+          overrides: list[str] | None = None, run: NewRun | None = None):
     """Train the configured model and record it; return the engine's FitResult.
 
     `hooks` are called after each epoch (after it is recorded) and may raise
-    `engine.StopTraining`. `run_id` is an MLflow run to record into (a sweep trial's, made
-    beforehand); otherwise a resumed run continues its own MLflow run, a new one starts one.
-    `run_hash` is config_identity(cfg), where the caller has it already. `overrides` compose
-    `cfg` (a sweep trial's), recorded so that mlp-rerun can compose it again; a run Hydra
-    launched records its command line's."""
+    `engine.StopTraining`. `run_hash` is config_identity(cfg), where the caller has it already.
+    `overrides` compose `cfg` (a sweep trial's), recorded so that mlp-rerun can compose it
+    again; a run Hydra launched records its command line's. `run` is a sweep trial's: its
+    journal, name and parent run, and no wait for its records at the end (its worker waits
+    once for all its trials); otherwise a resumed run continues its own journal and MLflow run.
+    """
     validate(cfg)
-    tracker = open_tracker(cfg.tracking)  # first: the store opens while torch is imported
+    if cfg.tracking.enabled:  # first: the sender loads MLflow while this process loads torch
+        if run is None:  # a sweep checked the store before its first trial
+            check_tracking(cfg.tracking)
+        tracking.Sender.start(cfg.tracking.uri)
+    run_hash = run_hash or config_identity(cfg)
+    journals: list[Path] = []  # the run's, once it has one
     try:
-        return train_and_record(cfg, tracker, hooks, run_id, run_hash or config_identity(cfg),
-                                overrides)
+        result = train_and_record(cfg, hooks, run_hash, overrides, run or NewRun(), journals)
     finally:
-        if tracker:
-            tracker.close()
+        if cfg.tracking.enabled and run is None:  # also when it failed: its status is on its way
+            tracking.Sender.wait(journals)
+    if cfg.tracking.enabled:
+        result.journal = str(journals[0])
+        result.run_id = tracking.read_mark(journals[0])["run_id"]
+        if result.run_id and run is None:
+            run_log.info("MLflow run %s in %s", result.run_id, redact(cfg.tracking.uri))
+    return result
+
+
+@dataclass
+class NewRun:
+    """A run's journal (a new one unless given), MLflow name and parent run."""
+
+    journal_id: str | None = None
+    name: str | None = None
+    parent_run_id: str | None = None
 
 
 def config_identity(cfg: DictConfig) -> str:
@@ -88,8 +108,8 @@ def config_identity(cfg: DictConfig) -> str:
     return config_hash(cfg, data.release_digest(cfg.data))
 
 
-def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_id: str | None,
-                     run_hash: str, overrides: list[str] | None):
+def train_and_record(cfg: DictConfig, hooks: tuple[Callable, ...], run_hash: str,
+                     overrides: list[str] | None, run: NewRun, journals: list[Path]):
     from mlp_experiments import data, engine
 
     dataset = data.load_dataset(cfg.data)
@@ -99,55 +119,52 @@ def train_and_record(cfg: DictConfig, tracker, hooks: tuple[Callable, ...], run_
     with engine.claim(checkpoint):
         state = engine.load_checkpoint(checkpoint) if resuming(cfg, checkpoint) else None
         if state is not None and "outcome" in state["extra"]:
-            return already_ended(state, checkpoint, tracker, run_id)
-        run_id = run_id or (state["extra"].get("run_id") if state else None)
+            return already_ended(state, checkpoint, cfg, run_hash, journals)
+        journal_id = run.journal_id or (state["extra"].get("journal") if state else None) \
+            or tracking.new_journal_id()
+        journals.append(tracking.run_folder(cfg.trainer.checkpoint_dir, run_hash, journal_id))
         device = engine.pick_device(cfg.trainer.device)
         engine.use_deterministic_algorithms(cfg.trainer.deterministic)
         engine.seed_everything(cfg.trainer.seed)
         setup = build(cfg, dataset, device)
-        # built first: a recorder in its own process has had the time to start
-        tags = run_tags(cfg, dataset, run_hash, device, state, overrides) if tracker else {}
-        with tracker.recording(cfg, tags, run_id, dataset) if tracker else nullcontext():
-            watchers = (tracker.log_epoch,) if tracker else ()
-            extra = {"run_id": tracker.run_id} if tracker else {}
-            result = fit(cfg, setup, checkpoint, state, (*watchers, *hooks), extra)
-            if tracker:
-                record_results(tracker, cfg, setup, dataset, result)
+        record = tracking.RunRecord(cfg.tracking, journals[0]) if cfg.tracking.enabled else None
+        tags = run_tags(cfg, dataset, run_hash, device, state, overrides) if record else {}
+        with record.recording(cfg, tags, dataset, run.parent_run_id, run.name) if record \
+                else nullcontext():
+            watchers = (record.log_epoch,) if record else ()
+            result = fit(cfg, setup, checkpoint, state, (*watchers, *hooks),
+                         {"journal": journal_id})
+            if record:
+                record_results(record, cfg, setup, dataset, result)
         engine.mark_finished(checkpoint, result.outcome)
-    result.run_id = tracker.run_id if tracker else None
     run_log.info("%s after %d epochs, checkpoint %s", result.outcome, len(result.history),
                  checkpoint)
-    if tracker:
-        run_log.info("MLflow run %s in %s", tracker.run_id, redact(cfg.tracking.uri))
     return result
 
 
-def already_ended(state: dict, checkpoint, tracker, run_id: str | None):
-    """The result of a configuration whose checkpoint says it ended: nothing is trained. A
-    sweep trial's run made for it (`run_id`) is deleted: the run that recorded it stands."""
+def already_ended(state: dict, checkpoint, cfg: DictConfig, run_hash: str,
+                  journals: list[Path]):
+    """The result of a configuration whose checkpoint says it ended: nothing is trained; the
+    run that recorded it stands (its journal goes to `journals`)."""
     from mlp_experiments import engine
 
-    outcome, recorded_in = state["extra"]["outcome"], state["extra"].get("run_id")
+    outcome = state["extra"]["outcome"]
     log.info("this configuration already ended (%s after %d epochs, checkpoint %s): nothing "
              "to do. Drop trainer.resume=true to train it again.", outcome,
              len(state["history"]), checkpoint)
-    if tracker and run_id and run_id != recorded_in:
-        tracker.discard(run_id)
-    return engine.FitResult(list(state["history"]), outcome, recorded_in)
+    journals.append(tracking.run_folder(cfg.trainer.checkpoint_dir, run_hash,
+                                        state["extra"]["journal"]))
+    if cfg.tracking.enabled:  # sent already, unless an outage left some of it
+        tracking.Sender.follow(journals[0])
+    return engine.FitResult(list(state["history"]), outcome)
 
 
-def open_tracker(tracking_cfg: DictConfig):
-    if not tracking_cfg.enabled:
-        return None
+def check_tracking(tracking_cfg: DictConfig) -> None:
+    """The store answers and can be written (an outage later is the sender's to ride out)."""
     stores.check_database(tracking_cfg.uri, "tracking.uri")
     stores.check_local_store(tracking_cfg.uri)
     if tracking_cfg.uri.startswith(("http://", "https://")):
         stores.check_server(tracking_cfg.uri)
-    from mlp_experiments import tracking
-
-    return tracking.MlflowTracker(tracking_cfg)
-
-
 
 
 def resuming(cfg: DictConfig, checkpoint) -> bool:
@@ -243,17 +260,17 @@ def fit(cfg: DictConfig, setup: Setup, checkpoint, state: dict | None, hooks: tu
         raise
 
 
-def record_results(tracker, cfg: DictConfig, setup: Setup, dataset, result) -> None:
+def record_results(record, cfg: DictConfig, setup: Setup, dataset, result) -> None:
     """Plots, parameter table and model in the run, then its status: FINISHED or not."""
     from mlp_experiments import engine, models
 
     predictions = None
     if cfg.tracking.plots and not dataset.regression:
         predictions = engine.predict(setup.model, setup.batches["test"])
-    tracker.log_results(setup.model, result.history, dataset, predictions,
-                        models.parameter_table(setup.model), model_output(cfg, dataset))
+    record.log_results(setup.model, result.history, dataset, predictions,
+                       models.parameter_table(setup.model), model_output(cfg, dataset))
     raise_if_stopped()
-    tracker.finish(result.outcome)
+    record.finish(result.outcome)
 
 
 def model_output(cfg: DictConfig, dataset) -> str:
@@ -295,11 +312,11 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """Hydra's own command line (`--cfg`, `--info`, `--help`, `-m`, `-cn`, `-cp`, `-cd`, shell
     completion); every job it can start is checked before Hydra composes or runs anything."""
-    stop_on_signals()  # first: a signal during the checks ends the command quietly too
     try:
+        stop_on_signals()  # first: a signal during the checks ends the command quietly too
         run_command_line()
     except KeyboardInterrupt as stop:  # a run is closed as interrupted, its checkpoint kept
-        raise SystemExit(interrupted_exit_code(stop)) from None
+        exit_interrupted(stop)
 
 
 def run_command_line() -> None:
@@ -349,16 +366,6 @@ def app_help(overrides: list[str], config_name: str, config_dir: Path,
               OmegaConf.to_yaml(compose_config(overrides, config_name, config_dir, extra_dir)),
               "Powered by Hydra (https://hydra.cc)", "Use --hydra-help to view Hydra specific help"]
     return "\n".join(lines)
-
-
-def exit_now() -> None:
-    """End the finished command without the interpreter's teardown: by then every record is
-    written and closed, and the teardown would only run the destructors of torch's CUDA
-    libraries, which page in ~70 MiB (the process's peak memory) and take about a second."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":

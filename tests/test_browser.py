@@ -97,7 +97,7 @@ def store(tmp_path_factory) -> Store:
     from mlflow import MlflowClient
 
     from mlp_experiments.config.compose import compose_config
-    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+    from mlp_experiments.stores import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
     from mlp_experiments.sweep import spec
     from mlp_experiments.sweep.command import run_sweep
     from mlp_experiments.train import train
@@ -110,7 +110,7 @@ def store(tmp_path_factory) -> Store:
     (folder / "sweeps").mkdir()
     (folder / "sweeps" / "browser.yaml").write_text(SWEEP)
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # the new experiment's artifacts go to <folder>/mlruns
+        patch.chdir(folder)
         patch.setattr(spec, "SWEEPS_DIR", folder / "sweeps")
         for name, overrides in RUNS.items():
             result = train(compose_config([*common, *overrides, f"tracking.run_name={name}"]))
@@ -407,6 +407,8 @@ def test_run_page_shows_params_metrics_and_a_val_acc_chart(training_page, server
 
 
 def test_artifacts_list_the_plots_and_show_one(training_page, servers, store):
+    from mlflow import MlflowClient
+
     page = training_page
     run_id = store.run_ids["browser-sgd-logged"]
     page.goto(f"{servers.mlflow}/#/experiments/{store.experiment_id}/runs/{run_id}/artifacts")
@@ -421,7 +423,7 @@ def test_artifacts_list_the_plots_and_show_one(training_page, servers, store):
     page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                            arg=preview.element_handle(), timeout=UI_TIMEOUT_MS)
     natural = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    logged = store.folder / "mlruns" / store.experiment_id / run_id / "artifacts" / "plots"
+    logged = Path(MlflowClient(store.tracking_uri).get_run(run_id).info.artifact_uri) / "plots"
     assert tuple(natural) == png_size(logged / "learning_curves.png")
     wait_for_artifact_tree_to_settle(page)
     screenshot(page, "05-run-artifacts")
@@ -499,18 +501,20 @@ def test_two_trials_val_acc_curves_are_compared_on_one_chart(training_page, serv
         has_text="val_acc")
     for name in store.trial_names:  # the legend
         card.get_by_text(f"{name} (val_acc)", exact=True).wait_for()
-    # Each run's curve in its own colour (plotly also draws each unsmoothed, faintly, in the
-    # same colour). Attached, not visible: a flat curve (adam's val_acc is 1.0 at both epochs
-    # of this synthetic task) has an empty bounding box, which Playwright calls hidden.
+    # One curve per run: its own shape (plotly also draws each unsmoothed, faintly, on the
+    # same points). Not told apart by colour: MLflow picks a run's colour from a hash of its
+    # id, and two runs share one now and then. Attached, not visible: a flat curve (adam's
+    # val_acc is 1.0 at both epochs of this synthetic task) has an empty bounding box, which
+    # Playwright calls hidden.
     curves = card.locator("svg.main-svg path.js-line")
 
-    def colours() -> set[str]:
-        return set(curves.evaluate_all("paths => paths.map(path => path.style.stroke)"))
+    def shapes() -> set[str]:
+        return set(curves.evaluate_all("paths => paths.map(path => path.getAttribute('d'))"))
 
     deadline = time.monotonic() + UI_TIMEOUT_MS / 1000  # plotly draws the runs one by one
-    while len(colours()) < len(store.trial_names) and time.monotonic() < deadline:
+    while len(shapes()) < len(store.trial_names) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(colours()) == len(store.trial_names)
+    assert len(shapes()) == len(store.trial_names)
     # the table below: each run's latest, min and max val_acc, "<value> (step=<step>)"
     for name, history in store.val_acc.items():
         row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))

@@ -79,6 +79,26 @@ def test_training_in_a_container_records_a_complete_run_the_host_reads_back(imag
     assert weights.is_dir() and weights.stat().st_uid == IMAGE_USER  # the image's user wrote it
 
 
+def test_an_image_rebuilt_at_another_commit_records_that_commit(image):
+    """Rebuilt with only the commit changed (a commit of docs or tests), every layer but the
+    commit's comes from the cache: the image must still say the new commit (podman reused the
+    cached ENV layer, and the image recorded the commit of the build before)."""
+    rebuilt = f"{image}-rebuilt"
+    try:
+        for commit in ("0" * 40, "1" * 40):
+            build = subprocess.run([str(ROOT / "docker" / "build.sh"), rebuilt, "--build-arg",
+                                    f"GIT_COMMIT={commit}"], capture_output=True, text=True,
+                                   timeout=1800)
+            assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+            environment = subprocess.run(
+                ["podman", "image", "inspect", rebuilt, "--format",
+                 "{{range .Config.Env}}{{println .}}{{end}}"],
+                capture_output=True, text=True, check=True).stdout.split()
+            assert f"MLP_EXPERIMENTS_GIT_COMMIT={commit}" in environment
+    finally:
+        subprocess.run(["podman", "rmi", "--force", rebuilt], capture_output=True)
+
+
 def worker_container(image: str, work: Path, name: str, index: int, postgres: str,
                      tracking_server: str) -> subprocess.Popen:
     sweep = work / f"{name}.yaml"

@@ -71,7 +71,7 @@ ENVIRONMENT = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_U
 @dataclass(frozen=True)
 class Command:
     index: int  # its place among the README's commands
-    kind: str  # the command it runs: train, sweep, report, evaluate, ui, plots
+    kind: str  # the command it runs: train, sweep, report, evaluate, ui, plots, rerun, sync
     arguments: tuple[str, ...]
     script: bool  # `uv run mlp-<kind>`, else `uv run python -m mlp_experiments.<kind>`
 
@@ -176,6 +176,8 @@ def dependencies(command: Command) -> list[Command]:
         studies = [a.split("=", 1)[1] for a in command.arguments if a.startswith("rerun.study=")]
         if studies:
             needed += writers(command, lambda sweep: study_of(sweep) == studies[-1])
+    elif command.kind == "sync":  # a training's journal to look at
+        needed += [model_run_command()]
     elif command.kind == "train":
         experiment = [o.value() for o in parsed_overrides(command)
                       if o.key_or_group == "experiment"]
@@ -240,6 +242,7 @@ class Workspace:
             "evaluate": [tracking],
             "rerun": [tracking],
             "plots": [],
+            "sync": [],
         }[command.kind]
 
     def submit(self, command: Command) -> Future:
@@ -444,9 +447,17 @@ def check_ui(workspace: Workspace, command: Command) -> None:
     assert not answers(health)  # Ctrl-C stopped the server too
 
 
+def check_sync(workspace: Workspace, command: Command) -> None:
+    """After a training: its journal is found and every journal is sent (or listed)."""
+    output = succeeded(workspace.result(command))
+    assert re.search(r"^\d+ journal\(s\) to send under checkpoints$", output, re.MULTILINE), output
+    if "--dry-run" not in command.arguments:
+        assert re.search(r"^sent (\d+) of \1 journal\(s\)$", output, re.MULTILINE), output
+
+
 CHECKS = {"train": check_train, "sweep": check_sweep, "report": check_report,
           "evaluate": check_evaluate, "plots": check_plots, "ui": check_ui,
-          "rerun": check_rerun}
+          "rerun": check_rerun, "sync": check_sync}
 
 
 # ---------------------------------------------------------------------------- the tests

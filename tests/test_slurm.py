@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from test_faults import child_runs, runs, steps, wait_for
 
 from mlp_experiments.stores import sqlite_lock
-from mlp_experiments.sweep.study import FINISHED_OUTCOMES
+from mlp_experiments.sweep.study import FINISHED_OUTCOMES, mlflow_run_of
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo")
@@ -282,9 +282,9 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
     (retry,) = [t for t in ended if t.user_attrs.get("resumes") == victim.number]
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     client = MlflowClient(uri)
-    lost = client.get_run(victim.user_attrs["mlflow_run_id"])
-    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "worker_lost"
-    retried = client.get_run(retry.user_attrs["mlflow_run_id"])
+    lost = client.get_run(mlflow_run_of(victim))
+    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "lost"
+    retried = client.get_run(mlflow_run_of(retry))
     assert int(retried.data.tags["resumed_after_epoch"]) >= 2
     assert steps(uri, retried.info.run_id) == list(range(1, 31))
     assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
@@ -338,9 +338,9 @@ def test_preempted_jobs_are_requeued_and_resume_from_their_checkpoints(slurm, tm
     interrupted = [t for t in study.trials if t.user_attrs.get("outcome") == "interrupted"]
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     assert completed.user_attrs["resumes"] in {t.number for t in interrupted}
-    final = client.get_run(completed.user_attrs["mlflow_run_id"])
+    final = client.get_run(mlflow_run_of(completed))
     assert int(final.data.tags["resumed_after_epoch"]) >= 1
     assert steps(uri, final.info.run_id) == list(range(1, epochs + 1))
     for trial in interrupted:
-        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+        assert client.get_run(mlflow_run_of(trial)).info.status == "KILLED"
     assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))

@@ -210,7 +210,8 @@ def test_a_tuned_comparison_killed_in_each_stage_resumes_to_a_complete_record(tm
 
     paths = {tuple(path_of(r)) for r in runs if r.info.status == "FINISHED"}
     assert ("study-tuned", "evaluate", "evaluate-adam", "adam-seed8") in paths
-    assert any(p[:3] == ("study-tuned", "tune", "tune-sgd") and len(p) == 4 for p in paths)
+    assert any(p[:3] == ("study-tuned", "tune", "tune-sgd") and len(p) == 4 for p in paths), \
+        sorted((path_of(r), r.info.status) for r in runs)
 
     # The report says what the race decided.
     report = subprocess.run([sys.executable, "-m", "mlp_experiments.report",

@@ -1,12 +1,14 @@
 """Tiny synthetic sweeps through the real sweep command, storages and MLflow."""
 
 import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -17,6 +19,7 @@ from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep import slurm, space, spec, worker
 from mlp_experiments.sweep import study as studies
 from mlp_experiments.sweep.command import BEST_TRIALS_PLOTTED, run_sweep
+from mlp_experiments.sweep.study import mlflow_run_of
 
 FAST = ["data=synthetic", "trainer.epochs=2", "trainer.device=cpu", "tracking.log_model=false"]
 
@@ -264,8 +267,8 @@ def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file
     assert not (workdir / "outputs").exists()
     # the trials draw no figures; the best trial of each variant gets them after the study
     plotted = {c.info.run_id for c in children if client.list_artifacts(c.info.run_id, "plots")}
-    best = {variant: max((t for t in trials if t.params["variant"] == variant),
-                         key=lambda t: t.value).user_attrs["mlflow_run_id"]
+    best = {variant: mlflow_run_of(max((t for t in trials if t.params["variant"] == variant),
+                                       key=lambda t: t.value))
             for variant in ("sgd", "adam")}
     assert plotted == set(best.values())
     # running the same command again finds the study complete: no new trial, no new run
@@ -357,7 +360,7 @@ n_trials: 1
     study = run_sweep(sweep_file(text.format(name="tiny_retry")))
     (retry,) = study.trials
     assert retry.state == TrialState.COMPLETE and retry.value == first.value
-    assert retry.user_attrs["mlflow_run_id"] == first.user_attrs["mlflow_run_id"]
+    assert mlflow_run_of(retry) == mlflow_run_of(first)
     parent = study.user_attrs["mlflow_parent_run_id"]
     assert child_runs(tracking_uri, request.node.name, parent) == []  # its empty run deleted
 
@@ -365,20 +368,34 @@ n_trials: 1
 def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
         tmp_path, tracking_uri, request, monkeypatch):
     """Optuna's heartbeat check through our callback (LostTrial): a worker killed mid-trial
-    leaves its run RUNNING, to be closed FAILED; one killed after its run ended, before Optuna
-    heard, leaves a FINISHED run that must stay FINISHED. Both trials are queued again."""
+    leaves its run RUNNING (its journal unended, nobody writing it), to be closed FAILED as
+    lost; one killed after its run ended, before Optuna heard, leaves a FINISHED run that must
+    stay FINISHED. Both trials are queued again."""
     import time
 
+    from mlp_experiments import tracking
+    from mlp_experiments.sender import Shipment
+
     monkeypatch.setattr(studies, "STALE_AFTER_S", 1)
+    folders = {kind: tmp_path / "checkpoints" / "0123456789abcdef" / "runs" / kind
+               for kind in ("finished", "running")}
+    for kind, folder in folders.items():
+        journal = tracking.Journal(folder)
+        journal.append("start", uri=tracking_uri, experiment=request.node.name, tags={})
+        journal.append("epoch", step=1, metrics={"train_loss": 1.0})
+        if kind == "finished":
+            journal.append("end", outcome="completed")
+            journal.close()
+        assert Shipment(folder).ship() == (kind == "finished")  # its worker's sender sent it
+        journal.close()  # the worker is killed
+    run_ids = {kind: tracking.read_mark(folder)["run_id"] for kind, folder in folders.items()}
     client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment(request.node.name)
-    finished, running = (client.create_run(experiment).info.run_id for _ in range(2))
-    client.set_terminated(finished, "FINISHED")
+    assert client.get_run(run_ids["running"]).info.status == "RUNNING"
     storage = studies.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri)
     study = optuna.create_study(study_name="lost", storage=storage)
-    for run_id in (finished, running):
+    for folder in folders.values():
         trial = study.ask()
-        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("journal", str(folder))
         storage.record_heartbeat(trial._trial_id)
     # The workers are silent: once their heartbeats are stale, the next look fails their trials.
     deadline = time.monotonic() + 600
@@ -386,12 +403,43 @@ def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
         assert time.monotonic() < deadline, "the heartbeats never went stale"
         studies.more_to_run(study, n_trials=2)
         time.sleep(0.2)
-    assert client.get_run(finished).info.status == "FINISHED"
-    assert "outcome" not in client.get_run(finished).data.tags
-    lost = client.get_run(running)
-    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "worker_lost"
+    assert tracking.Sender.wait(list(folders.values())) == []  # this process's sender closed it
+    finished = client.get_run(run_ids["finished"])
+    assert finished.info.status == "FINISHED" and finished.data.tags["outcome"] == "completed"
+    lost = client.get_run(run_ids["running"])
+    assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "lost"
     retries = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["resumes"] for t in retries) == [0, 1]
+
+
+def test_a_resumed_sweep_sends_what_a_killed_command_left_unsent(tmp_path, tracking_uri,
+                                                                 request):
+    """A command SIGKILLed (its sender with it) after a trial ended, before the trial's records
+    reached MLflow: the next command of the study sends them; a journal a live process still
+    writes is left to it."""
+    from mlp_experiments import tracking
+
+    folders = {kind: tmp_path / "checkpoints" / "0123456789abcdef" / "runs" / kind
+               for kind in ("ended", "writing")}
+    journals = {}
+    for kind, folder in folders.items():
+        journals[kind] = tracking.Journal(folder)
+        journals[kind].append("start", uri=tracking_uri, experiment=request.node.name, tags={})
+        journals[kind].append("epoch", step=1, metrics={"train_loss": 1.0})
+    journals["ended"].append("end", outcome="completed")
+    journals["ended"].close()
+    study = optuna.create_study(study_name="left", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    for folder in folders.values():
+        trial = study.ask()
+        trial.set_user_attr("journal", str(folder))
+        study.tell(trial, 1.0)
+    studies.follow_left_over([study])
+    assert tracking.Sender.wait([folders["ended"]]) == []
+    run = MlflowClient(tracking_uri).get_run(tracking.read_mark(folders["ended"])["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["train_loss"] == 1.0
+    assert folders["writing"] not in tracking.Sender.followed
+    journals["writing"].close()
 
 
 def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
@@ -402,6 +450,31 @@ def test_two_worker_processes_finish_exactly_n_trials(sweep_file):
         (TrialState.COMPLETE, "completed")] * 6
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 6
+
+
+def test_worker_processes_serve_every_stage_and_one_lost_between_stages_is_replaced(
+        sweep_file, tmp_path):
+    """A staged comparison's stages go to the same worker processes (each start costs seconds
+    of imports); a worker killed while it waits for the next stage is replaced there."""
+    sweep_file(SEARCH)
+    first = spec.load_sweep("tiny", [f"storage=sqlite:///{tmp_path / 'optuna.db'}",
+                                     "n_workers=2", "sampler=random", "pruner=none"])
+    second = OmegaConf.merge(first, {"study_name": "tiny_second"})
+    training = [*FAST, "tracking=none", f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}"]
+    with worker.LocalWorkers(training, None, None) as workers:
+        assert workers.run(first, None) == 0
+        before = {index: process for index, (process, _) in workers.processes.items()}
+        os.kill(before[0].pid, signal.SIGKILL)
+        before[0].join()
+        assert workers.run(second, None) == 0
+        after = {index: process for index, (process, _) in workers.processes.items()}
+    assert after[1] is before[1] and after[0].pid != before[0].pid
+    assert [process.exitcode for process in after.values()] == [0, 0]  # let go at the end
+    for sweep, pool in ((first, before), (second, after)):
+        study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        pids = {int(t.user_attrs["worker"].rsplit(":")[-1]) for t in study.trials}
+        assert pids <= {process.pid for process in pool.values()}
 
 
 def test_two_worker_processes_run_every_cell_of_a_grid_once(sweep_file):
@@ -507,13 +580,13 @@ def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking
     assert len(trials) == 5
     client = MlflowClient(tracking_uri)
     with_figures = [t.number for t in trials
-                    if {a.path for a in client.list_artifacts(t.user_attrs["mlflow_run_id"],
+                    if {a.path for a in client.list_artifacts(mlflow_run_of(t),
                                                               "plots")}
                     == {"plots/learning_curves.png", "plots/confusion_matrix.png",
                         "plots/predictions.png"}]
     assert with_figures == [t.number for t in trials[:BEST_TRIALS_PLOTTED]]
     for trial in trials:  # every trial keeps what evaluate and the figures are rebuilt from
-        paths = {a.path for a in client.list_artifacts(trial.user_attrs["mlflow_run_id"])}
+        paths = {a.path for a in client.list_artifacts(mlflow_run_of(trial))}
         assert {"config.yaml", "parameters.md", "model_state"} <= paths
 
 

@@ -51,6 +51,7 @@ def test_one_epoch_run_is_read_back_from_mlflow(synthetic_cfg, tracking_uri, req
             "model_state/state_dict.pt"} <= artifacts
     config_path = client.download_artifacts(run.info.run_id, "config.yaml")
     assert "lr: 0.05" in Path(config_path).read_text()
+    mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert model(torch.zeros(2, 28, 28)).shape == (2, 10)  # raw pixels in, probabilities out
 
@@ -134,8 +135,8 @@ def test_an_untracked_run_never_imports_mlflow_or_matplotlib(workdir):
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_fresh_process_records_through_its_own_recorder_process(workdir):
-    """MLflow is imported by the recorder process only; the run has everything a run has."""
+def test_a_fresh_process_records_through_its_sender_process(workdir):
+    """MLflow is imported by the sender process only; the run has everything a run has."""
     uri = f"sqlite:///{workdir / 'own.db'}"
     script = (
         "import sys\n"
@@ -156,21 +157,77 @@ def test_a_fresh_process_records_through_its_own_recorder_process(workdir):
     assert len(client.get_run(run.info.run_id).inputs.dataset_inputs) == 3
 
 
-def test_the_recorder_answers_each_call_with_its_result_or_its_kind_of_error(workdir):
-    import io
-    import json
+def sync(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlp_experiments.sync", *arguments],
+                          capture_output=True, text=True, timeout=300)
 
-    from mlp_experiments import recorder
 
-    calls = [{"call": "open", "arguments": {"cfg": {
-                  "uri": f"sqlite:///{workdir / 'r.db'}", "experiment": "e", "run_name": None,
-                  "plots": False, "log_model": False, "system_metrics": False}}},
-             {"call": "log_epoch", "arguments": {"epoch": 1}}]
-    replies = io.StringIO()
-    recorder.serve(io.StringIO("".join(json.dumps(c) + "\n" for c in calls)), replies)
-    opened, bad = (json.loads(line) for line in replies.getvalue().splitlines())
-    assert opened == {"ok": None}
-    assert bad["kind"] == "other" and "metrics" in bad["error"]
+def record_counts(client, run_id: str) -> dict:
+    """Every row the store has of a run: metric rows per key, params, artifacts, models."""
+    run = client.get_run(run_id)
+    return {"metrics": {key: len(client.get_metric_history(run_id, key))
+                        for key in run.data.metrics},
+            "params": len(run.data.params), "artifacts": sorted(artifact_paths(client, run_id)),
+            "inputs": len(run.inputs.dataset_inputs), "status": run.info.status,
+            "models": len(client.search_logged_models([run.info.experiment_id]))}
+
+
+def test_records_sent_but_not_marked_are_not_sent_again(synthetic_cfg, workdir, request):
+    """A sender killed between the store taking records and its mark saying so: the next one
+    asks the store what it has. Here every record was taken and no mark was left."""
+    uri = f"sqlite:///{workdir / 'once.db'}"
+    result = train(synthetic_cfg(f"tracking.uri={uri}", "trainer.epochs=3",
+                                 "tracking.log_model=true"))
+    client, (run,) = only_run(uri, request.node.name)
+    before = record_counts(client, run.info.run_id)
+    assert before["metrics"]["val_acc"] == 3 and before["models"] == 1
+    (Path(result.journal) / "sent.json").unlink()  # as if the sender died before writing it
+    listed = sync(str(workdir / "checkpoints"), "--dry-run")
+    assert "1 journal(s)" in listed.stdout and "records" in listed.stdout, listed.stderr
+    sent = sync(str(workdir / "checkpoints"))
+    assert sent.returncode == 0 and "sent 1 of 1 journal(s)" in sent.stdout, sent.stderr
+    _, (again,) = only_run(uri, request.node.name)  # the same run, found by its journal tag
+    assert again.info.run_id == run.info.run_id
+    assert record_counts(client, run.info.run_id) == before
+    assert "0 journal(s)" in sync(str(workdir / "checkpoints")).stdout  # nothing left
+
+
+def test_a_journal_cut_mid_line_sends_what_came_before_and_says_what_was_cut(workdir):
+    """Power lost while a record was written: the records before the cut reach MLflow, the
+    run (no end record, nobody writing) ends as lost, and the command says what was cut."""
+    from mlp_experiments import tracking
+
+    uri = f"sqlite:///{workdir / 'cut.db'}"
+    folder = tracking.run_folder(str(workdir / "checkpoints"), "0123456789abcdef", "journal")
+    journal = tracking.Journal(folder)
+    journal.append("start", uri=uri, experiment="cut", tags={"outcome": "-"}, params={"a": "1"})
+    for step in (1, 2, 3):
+        journal.append("epoch", step=step, metrics={"train_loss": 1.0 / step})
+    journal.close()
+    path = folder / tracking.JOURNAL
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-25])  # the third epoch's line, cut
+    records, size, cut = tracking.read_journal(path)
+    assert [r["kind"] for r in records] == ["start", "epoch", "epoch"] and size < len(whole)
+    sent = sync(str(workdir / "checkpoints"))
+    assert sent.returncode == 0, sent.stderr
+    assert "ends in a cut line" in sent.stderr
+    assert "the 3 records before it were sent" in sent.stderr
+    client, (run,) = only_run(uri, "cut")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "lost"
+    resumed = tracking.Journal(folder)  # a resume appends after the valid prefix
+    assert resumed.seq == 3 and path.stat().st_size == size
+    resumed.close()
+
+
+def test_a_journal_keeps_secrets_masked(workdir):
+    from mlp_experiments import tracking
+
+    journal = tracking.Journal(workdir / "run")
+    journal.append("start", tags={"overrides": "tracking.uri=postgresql://me:pw@db/x"})
+    journal.close()
+    assert "pw@" not in (workdir / "run" / tracking.JOURNAL).read_text()
 
 
 def test_a_run_names_the_slurm_job_it_ran_in(monkeypatch):
@@ -191,7 +248,7 @@ def test_a_new_experiment_is_marked_as_model_training(synthetic_cfg, workdir, re
     """The kind MLflow's UI reads (`mlflow.experimentKind`), set by the run that creates it."""
     from conftest import open_tracking_store
 
-    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+    from mlp_experiments.stores import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     uri = open_tracking_store(workdir)  # fresh: the run creates the experiment
     train(synthetic_cfg(f"tracking.uri={uri}"))
@@ -203,7 +260,7 @@ def test_a_new_experiment_is_marked_as_model_training(synthetic_cfg, workdir, re
 
 def test_an_experiment_without_a_kind_gets_it_and_a_chosen_kind_stays(synthetic_cfg,
                                                                       tracking_uri, request):
-    from mlp_experiments.recorder import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+    from mlp_experiments.stores import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     client = MlflowClient(tracking_uri)
     older = client.create_experiment(f"{request.node.name}-older")  # as an older version left it
@@ -232,3 +289,76 @@ def test_the_recorded_commit_is_the_packages_checkout_else_the_images(tmp_path, 
         assert provenance.git_commit() == "0123abc"
     finally:
         provenance.git_commit.cache_clear()
+
+
+def test_the_end_wait_lasts_while_records_arrive_and_not_for_a_silent_store(tmp_path):
+    """Sender.wait with a 1 s allowance: a journal whose marks advance every 0.4 s (a slow
+    store) is waited for well past 1 s, until it is sent; one whose mark never moves (a store
+    that does not answer) is given up after 1 s without a record."""
+    import threading
+    import time
+
+    from mlp_experiments import tracking
+
+    folders = {kind: tmp_path / kind for kind in ("slow", "silent")}
+    for folder in folders.values():
+        journal = tracking.Journal(folder)
+        for step in range(1, 7):
+            journal.append("epoch", step=step, metrics={"train_loss": 1.0})
+        journal.close()
+        tracking.write_json(folder / tracking.MARK, {"run_id": "r", "sent": 0, "closed": False})
+
+    def slow_store():
+        for sent in range(1, 7):
+            time.sleep(0.4)
+            tracking.write_json(folders["slow"] / tracking.MARK,
+                                {"run_id": "r", "sent": sent, "closed": sent == 6})
+
+    sending = threading.Thread(target=slow_store)
+    started = time.monotonic()
+    sending.start()
+    assert tracking.Sender.wait([folders["slow"]], seconds=1) == []
+    assert time.monotonic() - started > 2  # six records 0.4 s apart: past the allowance
+    sending.join()
+    assert tracking.Sender.wait([folders["silent"]], seconds=1) == [folders["silent"]]
+
+
+def test_a_wait_for_every_journal_followed_keeps_only_the_unsent_for_the_next(tmp_path,
+                                                                            monkeypatch):
+    """A worker waits at the end of each stage: the journals sent by then are not read again at
+    the next stage's wait; one still unsent is."""
+    from mlp_experiments import tracking
+
+    folders = [tmp_path / "sent", tmp_path / "unsent"]
+    for folder, mark in zip(folders, ({"sent": 1, "closed": True}, {"sent": 0, "closed": False}),
+                            strict=True):
+        journal = tracking.Journal(folder)
+        journal.append("end", outcome="completed")
+        journal.close()
+        tracking.write_json(folder / tracking.MARK, {"run_id": "r", **mark})
+    monkeypatch.setattr(tracking.Sender, "followed", list(folders))
+    monkeypatch.setattr(tracking.Sender, "process", None)
+    assert tracking.Sender.wait(seconds=0.3) == [folders[1]]
+    assert tracking.Sender.followed == [folders[1]]
+
+
+def test_a_journal_sent_after_its_run_ended_samples_no_system_metrics(tracking_uri, request,
+                                                                      tmp_path, monkeypatch):
+    """mlp-sync sending a dead run's start record must not sample this machine for it."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from mlp_experiments import sender, tracking
+
+    started = []
+    monkeypatch.setattr(SystemMetricsMonitor, "start", lambda monitor: started.append(monitor))
+
+    folder = tmp_path / "run"
+    journal = tracking.Journal(folder)
+    journal.append("start", uri=tracking_uri, experiment=request.node.name, tags={},
+                   system_metrics={"sampling_interval": 1.0, "samples_before_logging": 1})
+    journal.append("end", outcome="completed")
+    journal.close()
+    assert sender.Shipment(folder).ship()
+    run_id = tracking.read_mark(folder)["run_id"]
+    assert started == []
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"

@@ -13,13 +13,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from mlp_experiments import cli
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.registry import register_configs
-from mlp_experiments.errors import UserError, interrupted_exit_code, stop_on_signals
+from mlp_experiments.errors import UserError, exit_interrupted, stop_on_signals
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import check_database, sqlite_path
 from mlp_experiments.sweep import stages
@@ -40,10 +41,12 @@ from mlp_experiments.sweep.study import (
     budget_lock,
     counted_trials,
     ended_trials,
+    follow_left_over,
+    mlflow_run_of,
     more_to_run,
     open_study,
 )
-from mlp_experiments.sweep.worker import ParentRun, launch_workers, past
+from mlp_experiments.sweep.worker import LocalWorkers, ParentRun, past
 
 BEST_TRIALS_PLOTTED = 3
 
@@ -126,22 +129,33 @@ def run_sweep(arguments: list[str]):
     print_plan(sweep, distributions, study, n_trials, training)
     parent_run_id = None
     if tracking_uri:  # one parent run, also when several commands start at once
-        from mlp_experiments import recorder
+        from mlp_experiments.sweep.runs import study_parent_run
 
         with budget_lock(storage_url(sweep), sweep.study_name):
-            parent_run_id = recorder.study_parent_run(base.tracking, study, sweep)
+            parent_run_id = study_parent_run(base.tracking, study, sweep)
+        tuning = stages.tuning_studies(sweep).values() if staged else ()
+        follow_left_over([study, *(s for s in tuning if s is not None)])
     workers = Workers(training, storage_url(sweep), tracking_uri, deadline, slurm_settings)
-    if staged:
-        stages.run_stages(sweep, workers.stage_runner(base.tracking), parent_run_id, study)
-    else:
-        workers.run(sweep, parent_run_id, study, n_trials)
+    with workers.local:  # its processes serve every stage
+        if staged:
+            stages.run_stages(sweep, workers.stage_runner(base.tracking), parent_run_id, study)
+        else:
+            workers.run(sweep, parent_run_id, study, n_trials)
     ended = ended_trials(study)
     preset = publish_best_preset(study, sweep, kind)
-    if parent_run_id:
+    if parent_run_id:  # the runs of lost workers this process found, if any
+        from mlp_experiments import tracking
+
+        tracking.Sender.wait()
+    if parent_run_id and all_sent(study):
         from mlp_experiments.report.command import summarise_in_mlflow
 
         plot_best_trials(study, kind, tracking_uri)
         summarise_in_mlflow(study, sweep, base.tracking, parent_run_id, preset)
+    elif parent_run_id:
+        print(f"the report is not in MLflow: some trials' records are not there yet (see the "
+              f"warnings above); once they are, `uv run mlp-report sweep={name}` logs it",
+              flush=True)
     if ended and all(t.user_attrs["outcome"] in ("error", "diverged") for t in ended):
         raise UserError(
             f"Every trial of study {sweep.study_name} failed ({len(ended)}): the errors are "
@@ -149,6 +163,14 @@ def run_sweep(arguments: list[str]):
         )
     print_summary(study, sweep, kind, name)
     return study
+
+
+def all_sent(study) -> bool:
+    """Are the records of every finished trial in MLflow? (An outage can outlast a sweep.)"""
+    from mlp_experiments import tracking
+
+    return all(tracking.shipped(Path(t.user_attrs["journal"])) for t in ended_trials(study)
+               if "journal" in t.user_attrs)
 
 
 def print_summary(study, sweep: DictConfig, kind: str, name: str) -> None:
@@ -200,6 +222,9 @@ class Workers:
     deadline: float | None
     slurm_settings: dict | None
 
+    def __post_init__(self):
+        self.local = LocalWorkers(self.training, self.tracking_uri, self.deadline)
+
     def run(self, sweep: DictConfig, parent_run_id, study, n_trials: int) -> None:
         """Run workers until the study has n_trials; refuse to go on when workers died and
         trials are left (a new command resumes them)."""
@@ -208,8 +233,7 @@ class Workers:
                                         parent_run_id, self.tracking_uri, self.deadline, study,
                                         n_trials)
         else:
-            lost_workers = launch_workers(sweep, self.training, parent_run_id,
-                                          self.tracking_uri, self.deadline)
+            lost_workers = self.local.run(sweep, parent_run_id)
         ended = ended_trials(study)
         if lost_workers and len(ended) < n_trials and not past(self.deadline):
             raise UserError(
@@ -218,7 +242,7 @@ class Workers:
             )
 
     def stage_runner(self, tracking_cfg: DictConfig) -> stages.StageRunner:
-        from mlp_experiments import recorder
+        from mlp_experiments.sweep import runs
 
         def run_stage(stage: DictConfig, parent) -> None:
             study = open_study(stage, parse_space(stage.space), self.tracking_uri)
@@ -229,7 +253,7 @@ class Workers:
 
         def nested_run(study, name: str, parent: str) -> str:
             with budget_lock(self.storage, name):  # one run, also when commands start at once
-                return recorder.nested_run(tracking_cfg, study, name, parent)
+                return runs.nested_run(tracking_cfg, study, name, parent)
 
         def open_stage(stage: DictConfig):
             return open_study(stage, parse_space(stage.space), self.tracking_uri)
@@ -268,7 +292,7 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
     from mlp_experiments.report.stats import best_first
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("mlflow_run_id") and "reused_from" not in t.user_attrs]
+              if mlflow_run_of(t) and "reused_from" not in t.user_attrs]
     trials = best_first(trials, lambda t: t.value, study.direction.name == "MAXIMIZE")
     if kind == "comparison":
         best_of_variant = {}
@@ -279,7 +303,7 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
         chosen = trials[:BEST_TRIALS_PLOTTED]
     client = mlflow.MlflowClient(tracking_uri)
     for trial in chosen:
-        run_id = trial.user_attrs["mlflow_run_id"]
+        run_id = mlflow_run_of(trial)
         if not client.list_artifacts(run_id, "plots"):
             evaluate.log_run_figures(tracking_uri, run_id, trial.user_attrs["history"])
 
@@ -288,12 +312,12 @@ def main(arguments: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # The figures of the best trials are drawn from their records after the study: no bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    stop_on_signals()
     try:
+        stop_on_signals()
         run_sweep(sys.argv[1:] if arguments is None else arguments)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt as stop:
         print("interrupted: run the same command again to resume the study (the interrupted "
               "trial continues from its checkpoint)", file=sys.stderr)
-        raise SystemExit(interrupted_exit_code(stop)) from None
+        exit_interrupted(stop)

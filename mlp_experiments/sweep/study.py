@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -24,7 +25,7 @@ HEARTBEAT_S, STALE_AFTER_S = 5, 20
 
 def make_storage(url: str, tracking_uri: str | None = None):
     """RDB storages (SQLite, PostgreSQL, MySQL) get heartbeats: a killed worker's trial is
-    failed, its MLflow run (in `tracking_uri`) marked FAILED, and the trial queued again."""
+    failed, its MLflow run (in `tracking_uri`) closed as lost, and the trial queued again."""
     import optuna
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -40,8 +41,9 @@ def make_storage(url: str, tracking_uri: str | None = None):
 
 
 class LostTrial:
-    """Optuna's heartbeat found a trial whose worker died: close its MLflow run as FAILED
-    (it would stay RUNNING forever) and queue the trial again; the retry resumes from the
+    """Optuna's heartbeat found a trial whose worker died: its run's journal goes to this
+    process's sender, which closes the run as lost once it has sent what the worker journaled
+    (it would stay RUNNING forever), and the trial is queued again; the retry resumes from the
     dead trial's checkpoint (see worker.TrialTrainer)."""
 
     def __init__(self, tracking_uri: str | None):
@@ -50,16 +52,36 @@ class LostTrial:
     def __call__(self, study, trial) -> None:
         import optuna
 
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.tracking_uri and run_id:
-            from mlp_experiments import recorder
+        if self.tracking_uri and "journal" in trial.user_attrs:
+            from mlp_experiments import tracking
 
-            # A worker killed after its run ended (before Optuna heard) left it true already.
-            recorder.end_if_running(self.tracking_uri, run_id, "worker_lost")
+            tracking.Sender.follow(Path(trial.user_attrs["journal"]))
         # Optuna's retry copies the trial's user attributes: mark which trial it takes over.
         marked = copy.copy(trial)
         marked.user_attrs = {**trial.user_attrs, "resumes": trial.number}
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, marked)
+
+
+def follow_left_over(studies) -> None:
+    """Send what an earlier command of these studies left unsent when it was killed: the
+    records of its ended trials (a killed command's sender dies with it)."""
+    from mlp_experiments import tracking
+
+    for study in studies:
+        for trial in study.get_trials(deepcopy=False):
+            journal = trial.user_attrs.get("journal")
+            if trial.state.is_finished() and journal and tracking.left_over(Path(journal)):
+                tracking.Sender.follow(Path(journal))
+
+
+def mlflow_run_of(trial) -> str | None:
+    """The MLflow run of a trial: known when the trial ended, else once its journal reached
+    MLflow (the sender marks it in the journal's folder)."""
+    if "mlflow_run_id" in trial.user_attrs or "journal" not in trial.user_attrs:
+        return trial.user_attrs.get("mlflow_run_id")
+    from mlp_experiments import tracking
+
+    return tracking.read_mark(Path(trial.user_attrs["journal"]))["run_id"]
 
 
 def open_study(sweep: DictConfig, distributions: dict[str, Any], tracking_uri: str | None = None):

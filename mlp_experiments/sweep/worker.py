@@ -10,12 +10,13 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_experiments import cluster
+from mlp_experiments import WORKER_VARIABLE, cluster, tracking
 from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.registry import register_configs
 from mlp_experiments.errors import Terminated, interrupted_exit_code, stop_on_signals
@@ -47,8 +48,8 @@ class TrialTrainer:
     the pruner. A trial that retries a lost or interrupted one resumes from its checkpoint."""
 
     def __init__(self, sweep: DictConfig, training: list[str], distributions: dict[str, Any],
-                 parent_run_id: ParentRun, tracking_uri: str | None, deadline: float | None):
-        self.sweep, self.training, self.tracking_uri = sweep, training, tracking_uri
+                 parent_run_id: ParentRun, deadline: float | None):
+        self.sweep, self.training = sweep, training
         self.distributions, self.parent_run_id = distributions, parent_run_id
         self.deadline = deadline  # time.time() at which running trials stop (sweep.timeout)
         self.release_budget = lambda: None
@@ -81,11 +82,6 @@ class TrialTrainer:
             # Ctrl-C, or submitit's exit once it had Slurm requeue the job (a time limit, a
             # preemption). Queued again: the next worker resumes it from its checkpoint.
             trial.set_user_attr("outcome", "interrupted")
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            if run_id:  # stopped before its training opened the run, or while it closed it
-                from mlp_experiments import recorder
-
-                recorder.end_if_running(self.tracking_uri, run_id, "interrupted")
             trial.study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
             if isinstance(stop, SystemExit):  # Optuna records only a KeyboardInterrupt's trial
                 trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -106,7 +102,7 @@ class TrialTrainer:
         import optuna
 
         from mlp_experiments import engine
-        from mlp_experiments.train import config_identity, train
+        from mlp_experiments.train import NewRun, config_identity, train
 
         run_hash = config_identity(cfg)
         trial.set_user_attr("config_hash", run_hash)
@@ -117,13 +113,11 @@ class TrialTrainer:
             trial.set_user_attr("outcome", earlier.user_attrs["outcome"])
             return earlier.value
         cfg.trainer.resume = resumed_trial(trial) is not None
-        run_id = None
-        if cfg.tracking.enabled:
-            from mlp_experiments import recorder
-
-            run_id = recorder.create_run(cfg.tracking, self.run_name(trial, params),
-                                         self.parent_of(params))
-            trial.set_user_attr("mlflow_run_id", run_id)
+        run = NewRun(tracking.new_journal_id(), self.run_name(trial, params),
+                     self.parent_of(params))
+        if cfg.tracking.enabled:  # where a lost worker's trial is found (study.LostTrial)
+            folder = tracking.run_folder(cfg.trainer.checkpoint_dir, run_hash, run.journal_id)
+            trial.set_user_attr("journal", str(folder))
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[self.sweep.metric], epoch)
@@ -133,10 +127,12 @@ class TrialTrainer:
                 raise engine.StopTraining("timeout")
 
         cpu_started = time.process_time()
-        result = train(cfg, hooks=(report,), run_id=run_id, run_hash=run_hash,
-                       overrides=trial.user_attrs["overrides"])
+        result = train(cfg, hooks=(report,), run_hash=run_hash,
+                       overrides=trial.user_attrs["overrides"], run=run)
         trial.set_user_attr("cpu_s", time.process_time() - cpu_started)
-        if result.run_id != run_id:  # it had ended before (its lost worker finished it)
+        if result.journal and result.journal != trial.user_attrs["journal"]:
+            trial.set_user_attr("journal", result.journal)  # the run had ended before: its
+        if result.run_id:  # else the sweep links it once its records reach MLflow
             trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("outcome", result.outcome)
@@ -197,19 +193,22 @@ def work(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
     logging.getLogger("optuna.study._optimize").addFilter(not_an_interruption)
     distributions = parse_space(sweep.space)
     study = open_study(sweep, distributions, tracking_uri)
-    trainer = TrialTrainer(sweep, training, distributions, parent_run_id, tracking_uri,
-                           deadline)
+    trainer = TrialTrainer(sweep, training, distributions, parent_run_id, deadline)
     n_trials = budget(sweep, distributions)
-    with trial_lines_only():
-        while not past(deadline):
-            with budget_lock(storage_url(sweep), sweep.study_name) as release:
-                if more_to_run(study, n_trials):
-                    trainer.release_budget = release
-                    study.optimize(trainer, n_trials=1, catch=(Exception,))
-                    continue
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                return
-            time.sleep(HEARTBEAT_S)
+    try:
+        with trial_lines_only():
+            while not past(deadline):
+                with budget_lock(storage_url(sweep), sweep.study_name) as release:
+                    if more_to_run(study, n_trials):
+                        trainer.release_budget = release
+                        study.optimize(trainer, n_trials=1, catch=(Exception,))
+                        continue
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return
+                time.sleep(HEARTBEAT_S)
+    finally:  # the trials' records (and a lost worker's) reach MLflow while later ones train
+        if tracking_uri:
+            tracking.Sender.wait()
 
 
 @contextmanager
@@ -229,56 +228,136 @@ def not_an_interruption(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
-def launch_workers(sweep: DictConfig, training: list[str], parent_run_id: ParentRun,
-                   tracking_uri: str | None, deadline: float | None) -> int:
-    """Run the workers; return how many died (a killed worker's trial is retried by the others,
-    so the study can still be complete)."""
-    import torch
+class LocalWorkers:
+    """A sweep's workers on this machine. With sweep.n_workers > 1 they are processes, spawned
+    at the command's first stage and kept for its later ones (a staged comparison's tuning
+    studies and race rounds): a worker's start costs seconds (torch, Optuna, its sender loading
+    MLflow). Each stage goes to every worker, which works on it and waits for the next; one that
+    died is replaced at the next stage. Use it as a context: its end lets the workers go."""
 
-    # Oversubscribed OpenMP threads spin against each other: give each worker its share of
-    # the threads torch would use (os.cpu_count(), or OMP_NUM_THREADS when set).
-    threads = max(1, torch.get_num_threads() // sweep.n_workers)
-    if sweep.n_workers == 1:
-        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
-        return 0
-    context = multiprocessing.get_context("spawn")
-    sweep_container = OmegaConf.to_container(sweep)
-    workers = [
-        context.Process(target=run_worker,
-                        args=(sweep_container, training, parent_run_id, tracking_uri, threads,
-                              deadline, index))
-        for index in range(sweep.n_workers)
-    ]
-    for worker in workers:
-        worker.start()
+    def __init__(self, training: list[str], tracking_uri: str | None, deadline: float | None):
+        self.training, self.tracking_uri, self.deadline = training, tracking_uri, deadline
+        self.processes: dict[int, tuple[multiprocessing.Process, Connection]] = {}
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, *_) -> None:
+        for process, connection in self.processes.values():
+            with suppress(OSError):  # it died after its last stage
+                connection.send(None)
+            process.join()
+
+    def run(self, sweep: DictConfig, parent_run_id: ParentRun) -> int:
+        """Work on `sweep`'s study until it has its n_trials; return how many workers died (a
+        killed worker's trial is retried by the others, so the study can still be complete)."""
+        import torch
+
+        # Oversubscribed OpenMP threads spin against each other: give each worker its share of
+        # the threads torch would use (os.cpu_count(), or OMP_NUM_THREADS when set).
+        threads = max(1, torch.get_num_threads() // sweep.n_workers)
+        if sweep.n_workers == 1:
+            work(sweep, self.training, parent_run_id, self.tracking_uri, threads, self.deadline)
+            return 0
+        stage = (OmegaConf.to_container(sweep), parent_run_id)
+        for index in range(sweep.n_workers):
+            self.send(index, stage, threads)
+        busy, lost = dict(self.processes), []
+        try:
+            while busy:
+                ready = wait([handle for process, connection in busy.values()
+                              for handle in (connection, process.sentinel)])
+                for index, (process, connection) in list(busy.items()):
+                    if connection in ready or process.sentinel in ready:
+                        del busy[index]
+                        if not finished(connection):
+                            process.join()
+                            lost.append(process.exitcode)
+                            del self.processes[index]
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM reached us alone, not the workers
+            for process, _ in self.processes.values():
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM if isinstance(stop, Terminated)
+                            else signal.SIGINT)
+            for process, _ in self.processes.values():
+                process.join()
+            self.processes.clear()
+            raise
+        if lost:
+            log.warning("%d worker(s) exited with codes %s", len(lost), lost)
+        return len(lost)
+
+    def send(self, index: int, stage: tuple, threads: int) -> None:
+        """The stage to worker `index`, started first if it is not (or no longer) running."""
+        if index in self.processes:
+            try:
+                return self.processes[index][1].send(stage)
+            except OSError:  # it died after its last stage
+                self.processes.pop(index)[0].join()
+        ours, theirs = multiprocessing.Pipe()
+        process = multiprocessing.get_context("spawn").Process(
+            target=serve_stages,
+            args=(theirs, self.training, self.tracking_uri, threads, self.deadline, index))
+        # Its Ctrl-C is held while it loads (__init__.py), if it will take it over itself.
+        os.environ[WORKER_VARIABLE] = "1" if handles_its_signals() else ""
+        try:
+            process.start()
+        finally:
+            del os.environ[WORKER_VARIABLE]
+        theirs.close()
+        self.processes[index] = (process, ours)
+        ours.send(stage)
+
+
+def finished(connection: Connection) -> bool:
+    """Did the worker say it finished its stage (rather than die, which closes its end)?"""
     try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM reached us alone, not the workers
-        for worker in workers:
-            if worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM if isinstance(stop, Terminated)
-                        else signal.SIGINT)
-        for worker in workers:
-            worker.join()
-        raise
-    lost = [w.exitcode for w in workers if w.exitcode]
-    if lost:
-        log.warning("%d worker(s) exited with codes %s", len(lost), lost)
-    return len(lost)
+        return connection.recv() == "finished"
+    except (EOFError, OSError):
+        return False
+
+
+@contextmanager
+def worker_process(index: int) -> Iterator[None]:
+    """A worker in a process of its own (a spawned process, a Slurm array task): its log lines
+    say which worker wrote them; a stop ends it with the signal's exit code."""
+    try:
+        register_configs()
+        logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+        if handles_its_signals():
+            stop_on_signals()
+        yield
+    except KeyboardInterrupt as stop:
+        raise SystemExit(interrupted_exit_code(stop)) from None
+
+
+def handles_its_signals() -> bool:
+    """Does a worker stop on Ctrl-C and SIGTERM itself? Not on Slurm: submitit handles the
+    job's signals there."""
+    return cluster.slurm_job_id() is None
+
+
+def worker_sweep(sweep_container: dict) -> DictConfig:
+    """The sweep as a worker gets it: plain data."""
+    return OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
+
+
+def serve_stages(connection: Connection, training: list[str], tracking_uri: str | None,
+                 threads: int, deadline: float | None, index: int) -> None:
+    """A local worker process (LocalWorkers): works on each stage it is sent, until it is sent
+    None or the command is gone (killed: its end of the pipe closed)."""
+    with worker_process(index), suppress(EOFError):
+        while (stage := connection.recv()) is not None:
+            sweep_container, parent_run_id = stage
+            work(worker_sweep(sweep_container), training, parent_run_id, tracking_uri, threads,
+                 deadline)
+            connection.send("finished")
 
 
 def run_worker(sweep_container: dict, training: list[str], parent_run_id: ParentRun,
                tracking_uri: str | None, threads: int, deadline: float | None,
                index: int) -> None:
-    """A worker in a process of its own (a spawned process, a Slurm array task): the sweep
-    arrives as plain data, its log lines say which worker wrote them."""
-    register_configs()
-    logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
-    if cluster.slurm_job_id() is None:  # on Slurm, submitit handles the job's signals
-        stop_on_signals()
-    sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), sweep_container)
-    try:
-        work(sweep, training, parent_run_id, tracking_uri, threads, deadline)
-    except KeyboardInterrupt as stop:
-        raise SystemExit(interrupted_exit_code(stop)) from None
+    """A Slurm array task's worker."""
+    with worker_process(index):
+        work(worker_sweep(sweep_container), training, parent_run_id, tracking_uri, threads,
+             deadline)
