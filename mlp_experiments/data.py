@@ -17,12 +17,15 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from mlp_experiments.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: mlp-fetch's checks run without it
+    import torch
 
 SPLIT_FILES = {  # split -> (images, labels)
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -94,6 +97,8 @@ def read_idx(path: Path) -> tuple[torch.Tensor, str]:
     """Decode one IDX file (gzipped or not) into a uint8 tensor; return it with the MD5 of
     the decompressed bytes. The bytes are decompressed straight into the tensor (no second
     copy of a 47 MB file in memory). A truncated or damaged file raises UserError naming it."""
+    import torch
+
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as stream:
@@ -255,6 +260,8 @@ def release_digest(cfg) -> str:
 def synthetic_release(cfg) -> tuple[dict, str]:
     """Noisy copies of one random prototype per class: 28x28 uint8 images (or `features`
     real values), learnable in one epoch, the same for the same seed."""
+    import torch
+
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = (28, 28) if cfg.features is None else (cfg.features,)
     prototypes = torch.rand(cfg.num_classes, *shape, generator=generator)
@@ -271,12 +278,16 @@ def synthetic_release(cfg) -> tuple[dict, str]:
 
 
 def friedman1(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return (10 * torch.sin(torch.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2
             + 10 * x[:, 3] + 5 * x[:, 4])
 
 
 def regression_release(cfg) -> tuple[dict, str]:
     """Friedman's problem #1: only the first five of `features` uniform inputs matter."""
+    import torch
+
     if cfg.features < 5:
         raise UserError(f"data.features={cfg.features}: Friedman's problem needs at least 5.")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -297,6 +308,8 @@ def split_validation(
     inputs: torch.Tensor, targets: torch.Tensor, val_size: int, seed: int
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Carve a seeded, disjoint validation split from the training set."""
+    import torch
+
     if not 0 <= val_size < len(inputs):
         raise UserError(
             f"data.val_size={val_size} must be at least 0 and below the {len(inputs)} "
@@ -309,6 +322,8 @@ def split_validation(
 
 def select_classes(split, keep: list[int], num_classes: int):
     """Only the examples of the `keep` classes, relabelled 0..len(keep)-1 in that order."""
+    import torch
+
     if len(set(keep)) != len(keep) or not all(0 <= c < num_classes for c in keep):
         raise UserError(
             f"data.classes={keep} must name distinct classes between 0 and {num_classes - 1}."
@@ -348,6 +363,8 @@ def load_dataset(cfg) -> Dataset:
 
 
 def build_dataset(cfg) -> Dataset:
+    import torch
+
     if cfg.name == "synthetic":
         splits, digest = synthetic_release(cfg)
         classes, where = tuple(f"class {i}" for i in range(cfg.num_classes)), "generated"

@@ -312,3 +312,17 @@ def test_a_diverged_run_exits_non_zero_and_a_multirun_goes_on(tmp_path):
                               text=True, timeout=600)
     assert multirun.returncode == 0, multirun.stderr
     assert "completed after 2 epochs" in multirun.stdout + multirun.stderr
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_mistake_is_answered_before_torch_or_mlflow_is_imported(tmp_path, name):
+    """Each command checks its keys first: a typo costs no torch import (seconds on a busy
+    machine), so the answer comes at once."""
+    script = (f"import sys\nfrom {COMMANDS[name].__name__} import main\n"
+              f"try:\n    main(['{name}.no_such_key=1'])\nexcept SystemExit as stop:\n"
+              f"    print(stop.code)\n"
+              f"print('imported:', 'torch' in sys.modules, 'mlflow' in sys.modules)\n")
+    result = run(sys.executable, "-c", script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "error: " in result.stdout and "no_such_key" in result.stdout, result.stdout
+    assert "imported: False False" in result.stdout
