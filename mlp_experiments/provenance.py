@@ -58,11 +58,13 @@ def lock_digest() -> str:
 
 
 @functools.cache
-def environment() -> dict[str, str]:
-    """The versions a run's numbers depend on, as MLflow tags."""
+def environment(device_type: str) -> dict[str, str]:
+    """The versions a run's numbers depend on, as MLflow tags. cuDNN's only for a run on CUDA:
+    asking its version loads the library (73 MiB of a CPU run's memory), which a CPU run
+    never uses."""
     import torch
 
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    cudnn = torch.backends.cudnn.version() if device_type == "cuda" else "unused"
     return {"env.uv_lock_sha256": lock_digest(), "env.python": platform.python_version(),
             "env.torch": torch.__version__, "env.cuda": torch.version.cuda or "none",
             "env.cudnn": str(cudnn or "none")}

@@ -180,7 +180,7 @@ def run_tags(cfg: DictConfig, dataset, run_hash: str, device, state: dict | None
     tags = {
         "git_commit": provenance.git_commit(),
         "git_dirty": str(bool(provenance.code_diff())).lower(),  # the diff: artifact code.diff
-        **provenance.environment(),
+        **provenance.environment(device.type),
         # what composes this config again with its code (mlp-rerun), as a JSON list
         **({"overrides": redact(json.dumps(overrides))} if overrides is not None else {}),
         "device": str(device),

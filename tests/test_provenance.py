@@ -17,7 +17,8 @@ def test_a_run_from_a_changed_tree_records_its_diff_which_applies_to_its_commit(
     head = git(clone, "rev-parse", "HEAD").stdout.strip()
     assert tags["git_commit"] == head and tags["git_dirty"] == "true"
     assert len(tags["env.uv_lock_sha256"]) == 64 and tags["env.python"].count(".") == 2
-    assert tags["env.torch"] and tags["env.cuda"] and tags["env.cudnn"]
+    assert tags["env.torch"] and tags["env.cuda"]
+    assert tags["env.cudnn"] == "unused" and tags["device"] == "cpu"  # CPU runs never load cuDNN
     diff = Path(client.download_artifacts(run_id, "code.diff", str(tmp_path)))
     assert "+# a local change" in diff.read_text() and "+NOTE = 1" in diff.read_text()
     # the diff rebuilds the tree: on a fresh checkout of the commit it applies
