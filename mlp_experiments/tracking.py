@@ -173,6 +173,8 @@ class Sender:
                 continue
         if folders is None:  # a worker's later waits (its next stages) skip the sent ones
             cls.followed = left
+        if left and cls.process is not None:  # the stated wait is over: mlp-sync sends the rest
+            cls.process.kill()  # (a sender left trying holds the command's output pipe open)
         for folder in left:
             print(f"warning: {unsent(folder)} record(s) of this run are not in MLflow yet "
                   f"(journal {folder / JOURNAL}): once the store answers, send them with "

@@ -326,6 +326,23 @@ def test_the_end_wait_lasts_while_records_arrive_and_not_for_a_silent_store(tmp_
     assert tracking.Sender.wait([folders["silent"]], seconds=1) == [folders["silent"]]
 
 
+def test_a_wait_that_gives_up_stops_the_sender(tmp_path):
+    """A store that never answers: once the end wait gives up and names mlp-sync, the sender
+    stops too. Left trying, it held the command's stdout and stderr for DRAIN_S more, so a
+    command whose output went to a pipe (`| tee`, a CI log) ended twice as late as it said."""
+    from mlp_experiments import tracking
+
+    folder = tmp_path / "run"
+    journal = tracking.Journal(folder)  # held open: a live run, as at a command's end
+    journal.append("start", uri=f"http://127.0.0.1:{free_port()}", experiment="silent",
+                   tags={}, system_metrics=None)
+    tracking.Sender.follow(folder)
+    sender = tracking.Sender.process
+    assert tracking.Sender.wait([folder], seconds=1) == [folder]
+    assert sender.wait(timeout=10) is not None
+    journal.close()
+
+
 def test_a_wait_for_every_journal_followed_keeps_only_the_unsent_for_the_next(tmp_path,
                                                                             monkeypatch):
     """A worker waits at the end of each stage: the journals sent by then are not read again at
