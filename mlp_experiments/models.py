@@ -230,3 +230,8 @@ def save_served_model(model, dataset, output: str, folder: Path) -> None:
         served, str(folder), signature=mlflow.models.infer_signature(example.numpy(), predicted),
         input_example=example.numpy(),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    # MLflow exports the graph with its weights on the CPU, and its loader, which cannot move
+    # them, picks a GPU wherever there is one and refuses to load: the model says where it runs.
+    saved = mlflow.models.Model.load(str(folder))
+    saved.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MODEL_CONFIG]["device"] = "cpu"
+    saved.save(str(folder / "MLmodel"))

@@ -26,9 +26,13 @@ def logged_run(synthetic_cfg, tracking_uri, request):
     return result, client, run
 
 
-def test_pyfunc_predicts_class_probabilities_for_raw_images(logged_run, tracking_uri):
+def test_pyfunc_predicts_class_probabilities_for_raw_images(logged_run, tracking_uri,
+                                                             monkeypatch):
     _, _, run = logged_run
     mlflow.set_tracking_uri(tracking_uri)
+    # As on a machine with a GPU, where MLflow's loader picks it: the model runs where its
+    # exported weights are (on the lent H200 it failed to load before the model said cpu).
+    monkeypatch.setenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cuda")
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.float32)
     probabilities = model.predict(images)
