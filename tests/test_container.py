@@ -24,7 +24,6 @@ IMAGE_USER = 1000
 
 pytestmark = [
     pytest.mark.container,
-    pytest.mark.xdist_group("container"),  # one pytest worker: one build of the image tag
     pytest.mark.skipif(shutil.which("podman") is None or shutil.which("debootstrap") is None,
                        reason="apt-get install podman debootstrap"),
 ]

@@ -32,7 +32,6 @@ SEARCH_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
 MISSING = [p for p in (*DAEMONS, *CLIENTS) if shutil.which(p, path=SEARCH_PATH) is None]
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.xdist_group("slurm"),  # one pytest worker: munged is machine-wide
     pytest.mark.skipif(bool(MISSING), reason=f"no Slurm here ({', '.join(MISSING)} missing): "
                        f"apt-get install slurmctld slurmd slurm-client munge"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the one-node cluster's daemons run as root"),
