@@ -98,8 +98,10 @@ def test_an_edited_metric_is_reported_as_differing_at_its_epoch(clone, tmp_path)
 
 
 def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
+    # 40 epochs: the Ctrl-C must land while the rerun trains, after its first epoch, also when a
+    # busy machine starves this test's polling (8 epochs, about a second, were over before it)
     original = train_from(clone, tmp_path, "data.train_size=5000",
-                          "model.hidden_sizes=[256,256]", "trainer.epochs=8")
+                          "model.hidden_sizes=[256,256]", "trainer.epochs=40")
     command = [sys.executable, "-m", "mlp_experiments.rerun", f"rerun.run_id={original}",
                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     log = tmp_path / "rerun.log"
@@ -107,7 +109,7 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env=code_environment(clone))
-    while "epoch 1/8" not in log.read_text():  # the rerun trains in its worktree
+    while "epoch 1/40" not in log.read_text():  # the rerun trains in its worktree
         assert process.poll() is None, log.read_text()
         time.sleep(0.2)
     (_, rebuilt) = worktrees(clone)

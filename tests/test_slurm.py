@@ -57,10 +57,12 @@ class Cluster:
 
     def release_requeued(self) -> list[str]:
         """Slurm holds a requeued job back for two minutes (its BeginTime); let it start now.
-        Returns the jobs released."""
-        held = [line.split()[0] for line in
-                self.run("squeue", "--noheader", "--array", "--format", "%i %r").splitlines()
-                if line.split()[1:] == ["BeginTime"]]
+        Returns the jobs released; none when a busy slurmctld does not answer squeue in time
+        (the caller asks again at its next look)."""
+        listed = subprocess.run(["squeue", "--noheader", "--array", "--format", "%i %r"],
+                                env=self.env, capture_output=True, text=True, timeout=60)
+        held = [line.split()[0] for line in listed.stdout.splitlines()
+                if listed.returncode == 0 and line.split()[1:] == ["BeginTime"]]
         for job in held:
             self.run("scontrol", "update", f"jobid={job}", "StartTime=now")
         return held
