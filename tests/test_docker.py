@@ -101,13 +101,15 @@ def test_mlflow_server_takes_its_store_from_the_environment_and_shows_it_nowhere
     """What the mlflow service relies on: `mlflow server` reads MLFLOW_BACKEND_STORE_URI and
     hands it to its workers without putting it on any process's command line."""
     services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
-    (variable,) = services["mlflow"]["environment"]
+    environment = services["mlflow"]["environment"]  # the service's, its store's URL replaced
+    assert "MLFLOW_BACKEND_STORE_URI" in environment
     database = tmp_path / f"{PASSWORD}.db"
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
-        env={**os.environ, variable: f"sqlite:///{database}"}, cwd=tmp_path,
+        env={**os.environ, **environment, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{database}"},
+        cwd=tmp_path,
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
