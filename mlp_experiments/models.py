@@ -232,6 +232,7 @@ def save_served_model(model, dataset, output: str, folder: Path) -> None:
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     # MLflow exports the graph with its weights on the CPU, and its loader, which cannot move
     # them, picks a GPU wherever there is one and refuses to load: the model says where it runs.
+    # save_model writes `device: None` with no argument to set it, hence the MLmodel rewritten.
     saved = mlflow.models.Model.load(str(folder))
     saved.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.MODEL_CONFIG]["device"] = "cpu"
     saved.save(str(folder / "MLmodel"))

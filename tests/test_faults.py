@@ -326,6 +326,31 @@ def test_a_tracking_server_outage_never_pauses_training_and_every_epoch_arrives_
                for steps in metric_rows(uri, run.info.run_id).values())
 
 
+def test_a_command_ending_in_an_outage_stops_its_sender_and_mlp_sync_sends_the_rest_once(
+        tmp_path, mlflow_server):
+    """The server killed at the run's second epoch and down past its end: the command waits its
+    stated time, names what is unsent and mlp-sync, and its sender ends with it (left trying,
+    it held the command's output open as long again). Once the server is back, mlp-sync sends
+    every epoch once and the run ends FINISHED."""
+    import psutil
+
+    uri = mlflow_server.uri
+    process = start(train_command(tmp_path, uri, "trainer.epochs=6"), tmp_path, "train.log")
+    run_id = logged_epochs(uri, 2, process).info.run_id
+    sender = sender_of(process)
+    mlflow_server.stop()
+    code, log = finish(process, tmp_path, "train.log")
+    assert code == 0 and "not in MLflow yet" in log and "mlp-sync" in log, log
+    assert not sender.is_running() or sender.status() == psutil.STATUS_ZOMBIE
+
+    mlflow_server.start()
+    code, synced = sync(tmp_path)
+    assert code == 0 and "sent 1 of 1 journal(s)" in synced, synced
+    finished = MlflowClient(uri).get_run(run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags["outcome"] == "completed"
+    assert all(steps == list(range(1, 7)) for steps in metric_rows(uri, run_id).values())
+
+
 def test_a_run_killed_during_an_outage_resumes_with_every_epoch_once(tmp_path, mlflow_server):
     """The training process SIGKILLed while the server is down, resumed once it is back:
     every epoch once (no duplicate metric rows), the run FINISHED."""

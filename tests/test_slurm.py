@@ -61,8 +61,10 @@ class Cluster:
         (the caller asks again at its next look)."""
         listed = subprocess.run(["squeue", "--noheader", "--array", "--format", "%i %r"],
                                 env=self.env, capture_output=True, text=True, timeout=60)
+        if listed.returncode:
+            return []
         held = [line.split()[0] for line in listed.stdout.splitlines()
-                if listed.returncode == 0 and line.split()[1:] == ["BeginTime"]]
+                if line.split()[1:] == ["BeginTime"]]
         for job in held:
             self.run("scontrol", "update", f"jobid={job}", "StartTime=now")
         return held
