@@ -19,6 +19,7 @@ from conftest import free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from mlp_experiments.sender import JOURNAL_TAG
 from mlp_experiments.stores import experiment_id, sqlite_lock
 from mlp_experiments.sweep.study import mlflow_run_of
 
@@ -49,11 +50,13 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> tuple[int, str]
     return code, (folder / log).read_text()
 
 
-def runs(uri: str, experiment: str = "mlp-experiments") -> list:
+def runs(uri: str, experiment: str = "mlp-experiments", journal: str | None = None) -> list:
+    """The experiment's runs; only the one shipped from `journal` (a folder's name) if given."""
     with sqlite_lock(uri):  # a new client creates the store's tables, which a run may be doing
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id]) if found else []
+    where = f"tags.`{JOURNAL_TAG}` = '{journal}'" if journal else ""
+    return client.search_runs([found.experiment_id], where) if found else []
 
 
 def steps(uri: str, run_id: str, metric: str = "val_acc") -> list[int]:
@@ -79,18 +82,20 @@ def logged_epochs(uri: str, count: int, process: subprocess.Popen):
     """Once the run's journal holds `count` epochs (where training is: its sender may be
     behind), the run as MLflow has it when the test needs it (`.get()`)."""
     wait_for(lambda: journal_epochs(process.folder) >= count, process)
-    return TheRun(uri)
+    return TheRun(uri, journal_of(process.folder).parent.name)
 
 
 class TheRun:
-    """The one run of a store, looked up when first asked (its sender may still make it)."""
+    """The run shipped from a journal, looked up when first asked (its sender may still make
+    it)."""
 
-    def __init__(self, uri: str):
-        self.uri, self.found = uri, None
+    def __init__(self, uri: str, journal: str):
+        self.uri, self.journal, self.found = uri, journal, None
 
     @property
     def info(self):
-        self.found = self.found or wait_for(lambda: next(iter(runs(self.uri)), None))
+        self.found = self.found or wait_for(
+            lambda: next(iter(runs(self.uri, journal=self.journal)), None))
         return self.found.info
 
 
@@ -112,14 +117,21 @@ def sender_of(process: subprocess.Popen):
     return sender
 
 
+def journal_of(folder: Path) -> Path | None:
+    """The journal of the run under `folder`, once there is one."""
+    from mlp_experiments import tracking
+
+    return next((folder / "checkpoints").rglob(tracking.JOURNAL), None)
+
+
 def journal_epochs(folder: Path) -> int:
     """How many epochs the run's journal under `folder` holds (0 before there is one)."""
     from mlp_experiments import tracking
 
-    journals = list((folder / "checkpoints").rglob(tracking.JOURNAL))
-    if not journals:
+    journal = journal_of(folder)
+    if journal is None:
         return 0
-    records, _, _ = tracking.read_journal(journals[0])
+    records, _, _ = tracking.read_journal(journal)
     return sum(record["kind"] == "epoch" for record in records)
 
 
@@ -259,42 +271,52 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
     assert steps(uri, run.info.run_id) == [1, 2] and run.info.status == "FINISHED"
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on loopback with a SQLite backend; `.stop()` and `.start()` it again on
-    the same port and store."""
+class MlflowServer:
+    """`mlflow server` on loopback with a SQLite backend in `folder`; `.stop()` and `.start()`
+    it again on the same port and store."""
 
-    class Server:
-        port = free_port()
-        uri = f"http://127.0.0.1:{port}"
-        process = None
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.uri, self.process = f"http://127.0.0.1:{self.port}", None
 
-        def start(self):
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                 "--artifacts-destination", str(tmp_path / "artifacts")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            wait_for(self.healthy, timeout=120, every=0.5)
+    def start(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self.healthy, timeout=120, every=0.5)
 
-        def healthy(self) -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return True
-            except OSError:
-                return False
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                return True
+        except OSError:
+            return False
 
-        def stop(self):
-            if self.process.returncode is None:  # not stopped by the test already
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            wait_for(lambda: not self.healthy(), timeout=30)
+    def stop(self):
+        if self.process.returncode is None:  # not stopped by the test already
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        wait_for(lambda: not self.healthy(), timeout=30)
 
-    server = Server()
+
+@pytest.fixture(scope="module")
+def shared_mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def mlflow_server(shared_mlflow_server):
+    """The module's server, up (a test stops and starts it; one that failed may have left it
+    down). Its tests share its store: each finds its own runs by journal or study."""
+    if shared_mlflow_server.process.poll() is not None:
+        shared_mlflow_server.start()
+    return shared_mlflow_server
 
 
 def test_a_tracking_server_outage_never_pauses_training_and_every_epoch_arrives_once(
