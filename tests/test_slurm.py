@@ -39,8 +39,8 @@ pytestmark = [
 # One CPU per job: the node's two CPUs run two jobs at once. Torch's threads follow.
 JOB = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 WORKER = ["sweep.slurm.cpus_per_task=1", "sweep.slurm.mem_gb=1"]
-# A trial that trains for a minute or more at ~0.5 s an epoch: long enough to be cancelled, or
-# to run into a one-minute time limit, in the middle.
+# ~0.5 s an epoch on one CPU: a training of 14-16 epochs is still going seconds after the test
+# sees its second epoch, when it cancels or preempts it.
 LONG = ["data=synthetic", "data.train_size=30000", "trainer.device=cpu", "optimizer.lr=0.05",
         "tracking.log_model=false"]
 
@@ -265,7 +265,7 @@ def test_a_sweep_runs_its_workers_as_one_job_array_until_the_study_is_complete(s
 def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(slurm, tmp_path):
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "cancelled"
     command = sweep_workers(tmp_path, uri, name, 3, "sweep.n_workers=2", *LONG,
-                            "trainer.epochs=30")
+                            "trainer.epochs=14")
     sweep = start(slurm, command, tmp_path, "sweep.log")
 
     def running_for_a_while():
@@ -290,7 +290,7 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
     assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "lost"
     retried = client.get_run(mlflow_run_of(retry))
     assert int(retried.data.tags["resumed_after_epoch"]) >= 2
-    assert steps(uri, retried.info.run_id) == list(range(1, 31))
+    assert steps(uri, retried.info.run_id) == list(range(1, 15))
     assert all(run.info.status != "RUNNING" for run in child_runs(uri, name))
 
 
@@ -304,7 +304,7 @@ def test_preempted_jobs_are_requeued_and_resume_from_their_checkpoints(slurm, tm
     epoch's checkpoint (released from Slurm's two-minute hold on requeued jobs). Every wait is
     bounded by progress: it fails after STALL_S without a new epoch, not after a fixed time."""
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "preempted"
-    epochs = 30
+    epochs = 16
     multirun = start(slurm, train_jobs(tmp_path, uri, *LONG, f"trainer.epochs={epochs}",
                                        "trainer.seed=7"), tmp_path, "multirun.log")
     sweep = start(slurm, sweep_workers(tmp_path, uri, name, 1, *LONG,
