@@ -563,6 +563,37 @@ pruner: none
     assert studies.counted_trials(study) == 1
 
 
+def test_a_trial_lost_after_its_outcome_was_noted_neither_counts_nor_costs_beside_its_retry():
+    """A worker killed between noting a trial's outcome and Optuna's COMPLETE leaves the trial
+    FAIL with outcome `completed`; the heartbeat queues its retry. The budget, the summary and
+    the report's cost count the retry, not both (a tuned comparison once ran 3 tuning trials of
+    one variant against 2 of the other this way)."""
+    from mlp_experiments.report.cost import trials_cost
+    from mlp_experiments.report.trials import status
+
+    lr = {"optimizer.lr": FloatDistribution(0.01, 0.5, log=True)}
+    study = optuna.create_study()
+
+    def add(state, value=None, **attrs):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"optimizer.lr": 0.1}, distributions=lr,
+            user_attrs={"history": [{"val_acc": 0.5}] * 2, "cpu_s": 1.0, **attrs}))
+
+    add(TrialState.COMPLETE, 0.5, outcome="completed")  # 0: ended
+    add(TrialState.FAIL, outcome="completed")  # 1: lost after its end
+    add(TrialState.FAIL, outcome="diverged")  # 2: ended, as FAIL
+    add(TrialState.FAIL)  # 3: lost mid-training (no outcome)
+    add(TrialState.COMPLETE, 0.6, outcome="completed", resumes=3)  # 4: 3's retry
+    study.enqueue_trial({"optimizer.lr": 0.1}, user_attrs={"resumes": 1})  # 5: 1's retry
+
+    assert studies.counted_trials(study) == 4  # 0, 2, 4 and the queued 5
+    assert [t.number for t in studies.ended_trials(study)] == [0, 2, 4]
+    assert [status(t) for t in study.trials[:5]] == ["complete", "interrupted", "diverged",
+                                                      "interrupted", "complete"]
+    cost = trials_cost(study.trials)
+    assert (cost.trials, cost.epochs) == (3, 6)
+
+
 FIVE_TRIALS = """
 study_name: tiny
 space:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial
 
+from mlp_experiments.sweep.study import lost_after_its_end
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -35,7 +37,8 @@ FIXED_SEEDS = 5  # the seeds of the comparisons at the notes' settings (docs/com
 
 
 def trials_cost(trials: list[FrozenTrial]) -> Cost:
-    trained = [t for t in trials if "reused_from" not in t.user_attrs and "outcome" in t.user_attrs]
+    trained = [t for t in trials if "reused_from" not in t.user_attrs and "outcome" in t.user_attrs
+               and not lost_after_its_end(t)]  # its retry reports its epochs
     timed = [t.user_attrs["cpu_s"] for t in trained if "cpu_s" in t.user_attrs]
     return Cost(len(trained), sum(len(t.user_attrs.get("history", [])) for t in trained),
                 float(sum(timed)), len(timed))

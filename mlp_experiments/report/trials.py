@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mlp_experiments.report.stats import Summary, summarise
 from mlp_experiments.sweep.spec import SEED_KEY
+from mlp_experiments.sweep.study import ended_on_its_own
 from mlp_experiments.task import Task
 
 
@@ -35,7 +36,7 @@ def status(trial: FrozenTrial) -> str:
     if outcome == "diverged":
         return "diverged"
     if trial.state == TrialState.FAIL:
-        return "interrupted" if outcome is None else "failed"
+        return "failed" if ended_on_its_own(trial) else "interrupted"
     if trial.state in (TrialState.RUNNING, TrialState.WAITING):
         return "running"
     return trial.state.name.lower()

@@ -16,6 +16,7 @@ from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep.spec import make_pruner, make_sampler, storage_url
 
 FINISHED_OUTCOMES = ("completed", "early_stopped", "pruned", "timeout", "diverged", "error")
+FAILING_OUTCOMES = ("diverged", "error")  # the outcomes Optuna records as FAIL
 
 
 # A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial silent for STALE_AFTER_S
@@ -117,10 +118,25 @@ def more_to_run(study, n_trials: int) -> bool:
     return counted_trials(study) < n_trials
 
 
+def lost_after_its_end(trial) -> bool:
+    """Was the trial's worker killed after it noted the trial's outcome (completed, pruned, ...)
+    but before Optuna marked the trial so? It is then FAIL with that outcome: like any lost
+    trial it is queued again, and its retry, resumed from the last checkpoint, takes its place."""
+    from optuna.trial import TrialState
+
+    outcome = trial.user_attrs.get("outcome")
+    return trial.state == TrialState.FAIL and outcome in FINISHED_OUTCOMES \
+        and outcome not in FAILING_OUTCOMES
+
+
+def ended_on_its_own(trial) -> bool:
+    """Did the trial end by itself, not with its worker?"""
+    return trial.user_attrs.get("outcome") in FINISHED_OUTCOMES and not lost_after_its_end(trial)
+
+
 def ended_trials(study) -> list:
     """The trials that ended on their own (a heartbeat-failed one is queued again instead)."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("outcome") in FINISHED_OUTCOMES]
+    return [t for t in study.get_trials(deepcopy=False) if ended_on_its_own(t)]
 
 
 def counted_trials(study) -> int:
@@ -128,12 +144,8 @@ def counted_trials(study) -> int:
     on their own (a heartbeat-failed trial does not count: it is queued again)."""
     from optuna.trial import TrialState
 
-    count = 0
-    for trial in study.get_trials(deepcopy=False):
-        running = trial.state in (TrialState.RUNNING, TrialState.WAITING)
-        if running or trial.user_attrs.get("outcome") in FINISHED_OUTCOMES:
-            count += 1
-    return count
+    return sum(t.state in (TrialState.RUNNING, TrialState.WAITING) or ended_on_its_own(t)
+               for t in study.get_trials(deepcopy=False))
 
 
 @contextmanager
