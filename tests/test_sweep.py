@@ -393,9 +393,11 @@ def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
     assert client.get_run(run_ids["running"]).info.status == "RUNNING"
     storage = studies.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri)
     study = optuna.create_study(study_name="lost", storage=storage)
-    for folder in folders.values():
+    for kind, folder in folders.items():
         trial = study.ask()
         trial.set_user_attr("journal", str(folder))
+        if kind == "finished":  # as a worker does between the run's end and Optuna's tell
+            trial.set_user_attr("outcome", "completed")
         storage.record_heartbeat(trial._trial_id)
     # The workers are silent: once their heartbeats are stale, the next look fails their trials.
     deadline = time.monotonic() + 600
@@ -410,6 +412,7 @@ def test_a_lost_worker_closes_its_running_run_and_leaves_a_finished_one_true(
     assert lost.info.status == "FAILED" and lost.data.tags["outcome"] == "lost"
     retries = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["resumes"] for t in retries) == [0, 1]
+    assert studies.counted_trials(study) == 2  # the retries, not the trials they replace
 
 
 def test_a_resumed_sweep_sends_what_a_killed_command_left_unsent(tmp_path, tracking_uri,
