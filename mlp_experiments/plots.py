@@ -40,16 +40,19 @@ def learning_curves(history: list[dict[str, float]]) -> Figure:
     """Loss and accuracy (RMSE for regression) of train, val and test against the epoch."""
     epochs = np.arange(1, len(history) + 1)
     score = "acc" if "train_acc" in history[0] else "rmse"
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    # Fixed margins, not tight_layout: the labels are ours and short, and measuring them cost
+    # a tenth of a second of every tracked run's end.
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw=dict(
+        left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.25))
     for axis, metric in zip(axes, ("loss", score), strict=True):
         for split in ("train", "val", "test"):
             axis.plot(epochs, [m[f"{split}_{metric}"] for m in history], marker="o", label=split)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(METRIC_LABELS[metric])
         axis.set_title(METRIC_LABELS[metric].split(" ")[0].capitalize())
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
     return figure
 
 
@@ -63,7 +66,8 @@ def confusion_matrix(
     labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...]
 ) -> Figure:
     matrix = confusion_counts(labels, predictions, len(classes))
-    figure, axis = plt.subplots(figsize=(7, 6))
+    figure, axis = plt.subplots(figsize=(7, 6), gridspec_kw=dict(
+        left=0.17, right=0.98, bottom=0.2, top=0.94))
     image = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), classes)
@@ -75,28 +79,30 @@ def confusion_matrix(
         color = "white" if count > threshold else "black"
         axis.text(column, row, int(count), ha="center", va="center", fontsize=7, color=color)
     figure.colorbar(image, ax=axis)
-    figure.tight_layout()
     return figure
 
 
 def prediction_grid(
     images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...]
 ) -> Figure:
-    """Test images titled 'true / predicted' (red where wrong), like the notes' final figure."""
-    columns = 8
+    """Test images titled 'true / predicted' (red where wrong), like the notes' final figure:
+    one mosaic in one axes (an axes per image cost a third of a second to build)."""
+    columns, gap, side = 8, 20, images.shape[1]  # gap: pixels between tiles, room for a title
     rows = int(np.ceil(len(images) / columns))
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(columns * 1.5, rows * 1.9), squeeze=False,
-        gridspec_kw={"hspace": 0.5, "top": 0.85, "bottom": 0.02, "left": 0.02, "right": 0.98},
-    )
-    for axis in axes.flat:
-        axis.set_axis_off()
-    for axis, image, label, prediction in zip(
-        axes.flat, images, labels, predictions, strict=False
-    ):
-        axis.imshow(image, cmap="gray")
-        color = "black" if label == prediction else "red"
-        axis.set_title(f"{classes[label]}\n{classes[prediction]}", fontsize=8, color=color)
+    mosaic = np.full((rows * (side + gap), columns * (side + 4)), np.nan)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (side + gap) + gap, (index % columns) * (side + 4)
+        mosaic[top : top + side, left : left + side] = image
+    figure = plt.figure(figsize=(columns * 1.2, rows * 1.6 + 0.4))
+    axis = figure.add_axes((0.01, 0.01, 0.98, 0.9))
+    axis.set_axis_off()
+    axis.imshow(np.ma.masked_invalid(mosaic), cmap="gray", vmin=0, vmax=255,
+                interpolation="nearest")
+    for index, (label, prediction) in enumerate(zip(labels, predictions, strict=False)):
+        x = (index % columns) * (side + 4) + side / 2
+        y = (index // columns) * (side + gap) + gap - 2
+        axis.text(x, y, f"{classes[label]}\n{classes[prediction]}", ha="center", va="bottom",
+                  fontsize=8, color="black" if label == prediction else "red")
     figure.suptitle("Test images: true label / prediction")
     return figure
 

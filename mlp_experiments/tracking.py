@@ -151,6 +151,11 @@ class Sender:
             cls.process.stdin.flush()
 
     @classmethod
+    def stop(cls) -> None:
+        if cls.process is not None:
+            cls.process.kill()
+
+    @classmethod
     def wait(cls, folders: list[Path] | None = None, seconds: float = DRAIN_S) -> list[Path]:
         """Wait until each journal (every one followed, by default) is sent and its run closed
         in MLflow, while records keep arriving: at most `seconds` without one (a slow store
@@ -173,8 +178,8 @@ class Sender:
                 continue
         if folders is None:  # a worker's later waits (its next stages) skip the sent ones
             cls.followed = left
-        if left and cls.process is not None:  # the stated wait is over: mlp-sync sends the rest
-            cls.process.kill()  # (a sender left trying holds the command's output pipe open)
+        if left:  # the stated wait is over: mlp-sync sends the rest (a sender left trying
+            cls.stop()  # holds the command's output pipe open)
         for folder in left:
             print(f"warning: {unsent(folder)} record(s) of this run are not in MLflow yet "
                   f"(journal {folder / JOURNAL}): once the store answers, send them with "

@@ -75,7 +75,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_hash: str | Non
     validate(cfg)
     if cfg.tracking.enabled:  # first: the sender loads MLflow while this process loads torch
         if run is None:  # a sweep checked the store before its first trial
-            check_tracking(cfg.tracking)
+            check_tracking(cfg.tracking.uri)
         tracking.Sender.start(cfg.tracking.uri)
     run_hash = run_hash or config_identity(cfg)
     journals: list[Path] = []  # the run's, once it has one
@@ -83,7 +83,10 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_hash: str | Non
         result = train_and_record(cfg, hooks, run_hash, overrides, run or NewRun(), journals)
     finally:
         if cfg.tracking.enabled and run is None:  # also when it failed: its status is on its way
-            tracking.Sender.wait(journals)
+            if journals:
+                tracking.Sender.wait(journals)
+            else:  # it failed before its journal: a sender still loading holds the output open
+                tracking.Sender.stop()
     if cfg.tracking.enabled:
         result.journal = str(journals[0])
         result.run_id = tracking.read_mark(journals[0])["run_id"]
@@ -112,6 +115,7 @@ def train_and_record(cfg: DictConfig, hooks: tuple[Callable, ...], run_hash: str
                      overrides: list[str] | None, run: NewRun, journals: list[Path]):
     from mlp_experiments import data, engine
 
+    device = engine.pick_device(cfg.trainer.device)
     dataset = data.load_dataset(cfg.data)
     run_log.info("data: %s from %s (%d train, %d validation, %d test examples)", dataset.name,
              dataset.source, len(dataset.train[1]), len(dataset.val[1]), len(dataset.test[1]))
@@ -123,14 +127,15 @@ def train_and_record(cfg: DictConfig, hooks: tuple[Callable, ...], run_hash: str
         journal_id = run.journal_id or (state["extra"].get("journal") if state else None) \
             or tracking.new_journal_id()
         journals.append(tracking.run_folder(cfg.trainer.checkpoint_dir, run_hash, journal_id))
-        device = engine.pick_device(cfg.trainer.device)
-        engine.use_deterministic_algorithms(cfg.trainer.deterministic)
-        engine.seed_everything(cfg.trainer.seed)
-        setup = build(cfg, dataset, device)
         record = tracking.RunRecord(cfg.tracking, journals[0]) if cfg.tracking.enabled else None
         tags = run_tags(cfg, dataset, run_hash, device, state, overrides) if record else {}
         with record.recording(cfg, tags, dataset, run.parent_run_id, run.name) if record \
                 else nullcontext():
+            # Once the run's start is journaled: the sender opens the run in MLflow while
+            # torch._dynamo loads here (~2 s, for the deterministic settings and the optimizer).
+            engine.use_deterministic_algorithms(cfg.trainer.deterministic)
+            engine.seed_everything(cfg.trainer.seed)
+            setup = build(cfg, dataset, device)
             watchers = (record.log_epoch,) if record else ()
             result = fit(cfg, setup, checkpoint, state, (*watchers, *hooks),
                          {"journal": journal_id})
@@ -159,12 +164,13 @@ def already_ended(state: dict, checkpoint, cfg: DictConfig, run_hash: str,
     return engine.FitResult(list(state["history"]), outcome)
 
 
-def check_tracking(tracking_cfg: DictConfig) -> None:
-    """The store answers and can be written (an outage later is the sender's to ride out)."""
-    stores.check_database(tracking_cfg.uri, "tracking.uri")
-    stores.check_local_store(tracking_cfg.uri)
-    if tracking_cfg.uri.startswith(("http://", "https://")):
-        stores.check_server(tracking_cfg.uri)
+@functools.cache  # once per store and process: an outage later is the sender's to ride out
+def check_tracking(uri: str) -> None:
+    """The store answers and can be written."""
+    stores.check_database(uri, "tracking.uri")
+    stores.check_local_store(uri)
+    if uri.startswith(("http://", "https://")):
+        stores.check_server(uri)
 
 
 def resuming(cfg: DictConfig, checkpoint) -> bool:
@@ -326,6 +332,7 @@ def run_command_line() -> None:
     config_dir = CONF_DIR
     if args.config_path is not None:  # Hydra's -cp: relative to this file, or absolute
         config_dir = (Path(__file__).parent / args.config_path).resolve()
+    shows_config = args.cfg or args.info or args.hydra_help
     try:
         if args.experimental_rerun:
             raise UserError(
@@ -335,13 +342,18 @@ def run_command_line() -> None:
         where = {"config_name": args.config_name or "train", "config_dir": config_dir,
                  "extra_dir": args.config_dir}
         if not args.shell_completion:  # its arguments are completion queries, not overrides
-            check_command_line(args.overrides, **where)
+            job, hydra_node = check_command_line(args.overrides, **where)
+            runs_one_job = not (args.help or shows_config or args.multirun
+                                or hydra_node.mode == RunMode.MULTIRUN)
+            if runs_one_job and job.tracking.enabled:
+                # Now, not in train(): the sender loads MLflow while Hydra composes again.
+                check_tracking(job.tracking.uri)
+                tracking.Sender.start(job.tracking.uri)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     if args.help:
         print(redact(app_help(args.overrides, **where)))
         return
-    shows_config = args.cfg or args.info or args.hydra_help
     with contextlib.redirect_stdout(RedactingStream(sys.stdout)) if shows_config \
             else nullcontext():
         main()

@@ -251,6 +251,25 @@ def test_the_training_command_refuses_before_writing_anything(tmp_path, override
     assert list(tmp_path.iterdir()) == [], output  # no outputs/, checkpoints/, mlflow.db
 
 
+def test_a_tracked_run_refused_before_its_journal_says_only_why(tmp_path):
+    """Refused once torch says there is no GPU, before the run has a journal: the command's one
+    line, not a wait for the records of a run that never began (it waited DRAIN_S, 30 s, then
+    warned that 0 records were unsent)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA GPU")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_experiments.train", "trainer.device=cuda", "data=synthetic",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert output.strip().splitlines() == [
+        "error: trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu."]
+
+
 @pytest.mark.parametrize(("command", "store", "message"), [
     (["mlp_experiments.train", "data=synthetic"], "mlflow.db",
      "tracking.uri=sqlite:///mlflow.db: mlflow.db is not an SQLite database. Move it aside"),

@@ -137,11 +137,13 @@ def check_no_credentials(cfg: DictConfig) -> None:
 
 
 def check_command_line(overrides: list[str], config_name: str = "train",
-                       config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None) -> None:
+                       config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None
+                       ) -> tuple[DictConfig, DictConfig]:
     """Every job a Hydra command line can start passes check_overrides: each value of each
     sweep (`-m key=a,b`, and the sweeper's own `hydra.sweeper.params`) with the first value of
     the others. Checking train()'s config is not enough: Hydra sets a job's logging and
-    environment from its Hydra node before train() runs."""
+    environment from its Hydra node before train() runs. Returns the first job's config and
+    Hydra node."""
     where = (config_name, config_dir, extra_dir)
     first = one_value_each(overrides, config_dir, extra_dir)[0]
     cfg, hydra = _checked(first, *where)
@@ -150,6 +152,7 @@ def check_command_line(overrides: list[str], config_name: str = "train",
     for job in one_value_each([*params, *overrides], config_dir, extra_dir):
         if job != first:
             _checked(job, *where)
+    return cfg, hydra
 
 
 def check_output_folders(cfg: DictConfig, hydra: DictConfig) -> None:
