@@ -206,7 +206,7 @@ def log_datasets(client, run_id: str, dataset: dict) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     name = dataset["name"]
@@ -221,7 +221,7 @@ def log_datasets(client, run_id: str, dataset: dict) -> None:
         size = dataset["sizes"][split]
         digest = hashlib.sha256(f"{dataset['digest']}:{split}:{size}".encode()).hexdigest()
         meta = MetaDataset(source, name=f"{name}-{split}", digest=digest[:16])
-        inputs.append(DatasetInput(meta._to_mlflow_entity(),
+        inputs.append(DatasetInput(Dataset(**meta.to_dict()),
                                    [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     try:
         client.log_inputs(run_id, inputs)

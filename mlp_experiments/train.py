@@ -328,7 +328,7 @@ def cli() -> None:
 def run_command_line() -> None:
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args()
+    args = get_args_parser().parse_args()  # Hydra's private parser: its flags, as Hydra reads them
     config_dir = CONF_DIR
     if args.config_path is not None:  # Hydra's -cp: relative to this file, or absolute
         config_dir = (Path(__file__).parent / args.config_path).resolve()

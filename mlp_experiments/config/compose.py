@@ -31,7 +31,7 @@ CONFIG_GROUPS = frozenset(path.name for path in group_dirs(CONF_DIR))
 def hydra_initialized(config_dir: Path = CONF_DIR, extra_dir: str | Path | None = None):
     """Hydra initialised on `config_dir` and, as `--config-dir` adds it, `extra_dir`."""
     from hydra import initialize_config_dir
-    from hydra._internal.hydra import Hydra
+    from hydra._internal.hydra import Hydra  # private: initialize_config_dir takes one folder
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
@@ -72,7 +72,7 @@ def with_values(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     cfg = copy.deepcopy(cfg)
-    ConfigLoaderImpl._apply_overrides_to_config(
+    ConfigLoaderImpl._apply_overrides_to_config(  # private: Hydra's own override semantics
         OverridesParser.create().parse_overrides(overrides), cfg)
     return cfg
 

@@ -186,10 +186,10 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
     """Build the object of a config group's node (`cfg.model`, `cfg.optimizer`, ...): its
     `_target_` must name one of the group's allowed classes and resolve to that very class,
     and nothing inside the node is built (Hydra gets the class itself, `_recursive_=False`)."""
-    from hydra._internal.utils import _locate
+    from hydra._internal.utils import _locate  # private: what instantiate resolves, no public twin
     from hydra.utils import instantiate as hydra_instantiate
 
-    group, target = node._key(), target_of(node)
+    group, target = node._key(), target_of(node)  # OmegaConf's only way to a node's own key
     check_target(group, target)
     if target is None:
         raise UserError(f"{group} has no _target_: there is nothing to build.")
