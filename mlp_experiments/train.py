@@ -164,9 +164,8 @@ def already_ended(state: dict, checkpoint, cfg: DictConfig, run_hash: str,
     return engine.FitResult(list(state["history"]), outcome)
 
 
-@functools.cache  # once per store and process: an outage later is the sender's to ride out
 def check_tracking(uri: str) -> None:
-    """The store answers and can be written."""
+    """The store answers and can be written (an outage later is the sender's to ride out)."""
     stores.check_database(uri, "tracking.uri")
     stores.check_local_store(uri)
     if uri.startswith(("http://", "https://")):
