@@ -109,11 +109,23 @@ def resume_records_every_epoch(command: list[str], folder: Path, uri: str, run_i
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
-def sender_of(process: subprocess.Popen):
+def children_running(pid: int, recursive: bool = False) -> dict:
+    """The live child processes of `pid`, each with its command line: a child that just ended
+    (a git call, say) is a zombie until it is reaped, and has none."""
     import psutil
 
-    (sender,) = [child for child in psutil.Process(process.pid).children()
-                 if "mlp_experiments.sender" in child.cmdline()]
+    running = {}
+    for child in psutil.Process(pid).children(recursive=recursive):
+        try:
+            running[child] = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:  # ZombieProcess too
+            continue
+    return running
+
+
+def sender_of(process: subprocess.Popen):
+    (sender,) = [child for child, command in children_running(process.pid).items()
+                 if "mlp_experiments.sender" in command]
     return sender
 
 
@@ -787,7 +799,6 @@ def test_ctrl_c_while_the_command_loads_ends_it_quietly(tmp_path, delay_s):
 def test_ctrl_c_while_a_sweeps_workers_load_ends_it_quietly(tmp_path):
     """Ctrl-C to the whole group while the worker processes load (they import torch and Optuna
     for seconds): exit 130 and no traceback from the command or a worker."""
-    import psutil
     from conftest import default_sigint
 
     command = sweep_command(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "loading",
@@ -799,8 +810,8 @@ def test_ctrl_c_while_a_sweeps_workers_load_ends_it_quietly(tmp_path):
     process.log = tmp_path / "sweep.log"
 
     def workers_started() -> bool:
-        return any("--multiprocessing-fork" in child.cmdline()
-                   for child in psutil.Process(process.pid).children())
+        return any("--multiprocessing-fork" in command
+                   for command in children_running(process.pid).values())
 
     wait_for(workers_started, process, every=0.02)
     time.sleep(0.5)  # inside their imports
@@ -835,7 +846,6 @@ def test_the_servers_of_a_sigkilled_mlp_ui_die_with_it_and_free_their_ports(tmp_
 def test_mlp_ui_starts_the_dashboard_once_a_sweep_creates_the_study_storage(tmp_path):
     """No study storage at the start: the MLflow UI alone (without MLflow's job runner and its
     seven huey consumers: no GenAI jobs here); the dashboard follows once the file appears."""
-    import psutil
     from conftest import answers, two_free_ports
 
     port, dashboard_port = two_free_ports()
@@ -850,8 +860,7 @@ def test_mlp_ui_starts_the_dashboard_once_a_sweep_creates_the_study_storage(tmp_
         assert ui.poll() is None, (tmp_path / "ui.log").read_text()
         log = (tmp_path / "ui.log").read_text()
         assert "optuna-dashboard starts when a sweep creates it" in log
-        commands = [" ".join(child.cmdline())
-                    for child in psutil.Process(ui.pid).children(recursive=True)]
+        commands = list(children_running(ui.pid, recursive=True).values())
         assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
         optuna.create_study(study_name="later", storage=f"sqlite:///{storage}")
         wait_for(lambda: answers(f"http://127.0.0.1:{dashboard_port}/") or ui.poll() is not None,
