@@ -281,7 +281,7 @@ def follow(folders: list[Path], closed: threading.Event, grace_s: float) -> list
         time.sleep(0.05)
 
 
-def serve(scheme: str) -> None:
+def serve(preload: list[str]) -> None:
     """The sender process: a journal folder per stdin line; ends once stdin closes and its
     journals are sent, or DRAIN_S later (mlp-sync sends what is left)."""
     folders: list[Path] = []
@@ -293,21 +293,23 @@ def serve(scheme: str) -> None:
         closed.set()
 
     threading.Thread(target=read_folders, daemon=True).start()
-    warm_up(scheme)
+    warm_up(preload)
     follow(folders, closed, tracking.DRAIN_S)
 
 
-def warm_up(scheme: str) -> None:
+def warm_up(preload: list[str]) -> None:
     """Load what the first run will need (seconds of a core) now, while the training process
-    loads torch and its data on the other one, not during its first epoch: the figures' code
-    and, for a store in a database (sqlite, postgresql, ...), MLflow's SQL store."""
-    from mlp_experiments import plots  # noqa: F401
-
+    loads torch and its data on the other one, not during its first epoch: for a store in a
+    database (its URL's scheme sqlite, postgresql, ...), MLflow's SQL store, and the figures'
+    code (`figures`)."""
+    scheme = preload[0] if preload else ""
     if scheme and scheme not in ("http", "https", "databricks", "file"):
         from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+    if "figures" in preload:
+        from mlp_experiments import plots  # noqa: F401
 
 
 if __name__ == "__main__":  # its signals are ignored from its start (mlp_experiments/__init__.py)
     os.environ.update(FAIL_FAST)
-    serve(sys.argv[1] if len(sys.argv) > 1 else "")
+    serve(sys.argv[1:])
     os._exit(0)  # everything is sent or left in the journals: MLflow's teardown only costs time

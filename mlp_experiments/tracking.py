@@ -134,13 +134,16 @@ class Sender:
     followed: list[Path] = []  # the journals it was told and not yet seen sent, for a wait
 
     @classmethod
-    def start(cls, uri: str = "") -> None:
-        """Start it unless it runs: given the store's URL, it loads what sending to that kind
-        of store needs at once, while this process is still loading torch and the data."""
+    def start(cls, cfg: DictConfig | None = None) -> None:
+        """Start it unless it runs: given the run's tracking config, it loads what sending
+        that run needs (its kind of store, the figures' code if it draws them) at once, while
+        this process is still loading torch and the data."""
         if cls.process is None or cls.process.poll() is not None:
-            scheme = uri.partition(":")[0]  # only the scheme: a URL may hold credentials
+            # Only the URL's scheme: a URL may hold credentials.
+            preload = [cfg.uri.partition(":")[0], *(["figures"] if cfg.plots else [])] \
+                if cfg is not None else []
             cls.process = subprocess.Popen([sys.executable, "-m", "mlp_experiments.sender",
-                                            scheme], stdin=subprocess.PIPE, text=True)
+                                            *preload], stdin=subprocess.PIPE, text=True)
 
     @classmethod
     def follow(cls, folder: Path) -> None:

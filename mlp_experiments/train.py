@@ -76,7 +76,7 @@ def train(cfg: DictConfig, hooks: tuple[Callable, ...] = (), run_hash: str | Non
     if cfg.tracking.enabled:  # first: the sender loads MLflow while this process loads torch
         if run is None:  # a sweep checked the store before its first trial
             check_tracking(cfg.tracking.uri)
-        tracking.Sender.start(cfg.tracking.uri)
+        tracking.Sender.start(cfg.tracking)
     run_hash = run_hash or config_identity(cfg)
     journals: list[Path] = []  # the run's, once it has one
     try:
@@ -347,7 +347,7 @@ def run_command_line() -> None:
             if runs_one_job and job.tracking.enabled:
                 # Now, not in train(): the sender loads MLflow while Hydra composes again.
                 check_tracking(job.tracking.uri)
-                tracking.Sender.start(job.tracking.uri)
+                tracking.Sender.start(job.tracking)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     if args.help:

@@ -321,6 +321,15 @@ def test_search_report(tmp_path):
     assert not (tmp_path / "slices.png").exists()  # only in the MLflow summary
 
 
+def test_a_detailed_search_report_of_one_trial_prints_no_warnings(tmp_path, recwarn):
+    """Every parameter took one value: Optuna's plots of it warn through matplotlib, which
+    widens the axis. A sweep's summary printed those warnings among its own lines."""
+    sweep = load_sweep("search_mlp", ["study_name=pytest_search_one_trial"])
+    write_report(search_study(values=(0.8,)), sweep, tmp_path, detailed=True)
+    assert_png(tmp_path / "slices.png")
+    assert [str(warning.message) for warning in recwarn] == []
+
+
 def test_search_report_marks_reuse_and_warns_about_a_diverged_preset(tmp_path, tmp_sweep):
     study = search_study()
     best = study.trials[3]

@@ -160,6 +160,27 @@ def test_a_fresh_process_records_through_its_sender_process(workdir):
     assert len(client.get_run(run.info.run_id).inputs.dataset_inputs) == 3
 
 
+@pytest.mark.parametrize("plots", [True, False])
+def test_a_sender_loads_the_figures_code_only_for_a_run_that_draws_them(synthetic_cfg,
+                                                                       monkeypatch, plots):
+    """A sweep's trials draw no figures: their sender does not load matplotlib (~1 s of CPU,
+    30 MiB) while their training loads torch."""
+    from mlp_experiments import tracking
+
+    monkeypatch.setattr(tracking.Sender, "process", None)  # the session's sender stays
+    tracking.Sender.start(synthetic_cfg(f"tracking.plots={plots}").tracking)
+    sender = tracking.Sender.process
+    sender.kill()
+    sender.wait()
+    # The same command, with no journal to send (stdin empty): it warms up and ends.
+    loaded = subprocess.run([sys.executable, "-X", "importtime", *sender.args[1:]],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in loaded.stderr.splitlines()}
+    assert ("matplotlib" in imported) == plots
+    assert "mlflow.store.tracking.sqlalchemy_store" in imported  # the session's SQLite store
+
+
 def sync(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlp_experiments.sync", *arguments],
                           capture_output=True, text=True, timeout=300)

@@ -28,10 +28,13 @@ def save(figure: Figure, path: Path, **savefig_args) -> None:
 
 
 def save_optuna_plot(plot, path: Path, *args, **kwargs) -> None:
-    """Optuna's matplotlib plots switch the global style to ggplot and warn that they are
-    experimental: both stay inside this call."""
+    """Optuna's matplotlib plots switch the global style to ggplot, warn that they are
+    experimental and, where a parameter took one value in every trial, that matplotlib widens
+    its axis: all of it stays inside this call."""
     with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high",
+                                UserWarning)
         axes = np.ravel(plot(*args, **kwargs))
         figure = axes[0].figure
         width, height = figure.get_size_inches()
