@@ -225,11 +225,35 @@ def test_following_shows_why_tasks_wait(tmp_path, monkeypatch, capsys):
     stand_in(tmp_path, "squeue", "78_0 RUNNING None\n78_1 PENDING Resources\n")
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(slurm, "FOLLOW_S", 0)
-    monkeypatch.setattr(slurm, "ended_trials", lambda study: [None] * (study.calls.pop()))
+    monkeypatch.setattr(slurm, "closed_trials", lambda study: [None] * (study.calls.pop()))
     study = SimpleNamespace(calls=[1, 0])  # one trial ended at the second look
     assert slurm.follow(study, [SimpleNamespace(job_id="78_0")], n_trials=1) == 0
     assert ("trials: 0/1 ended | Slurm array 78: 1 PENDING (Resources), 1 RUNNING"
             in capsys.readouterr().out)
+
+
+def test_following_waits_for_a_noted_trial_until_optuna_closes_it(monkeypatch, capsys):
+    """A worker cancelled between noting a trial's outcome and telling Optuna leaves it RUNNING
+    until its heartbeat fails it and a retry runs. Following ended at the note: the command
+    summarised the study, and the retry ran after it (seen in a fresh-clone CI)."""
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("outcome", "completed")
+    looks = []
+
+    def queue_states(array):
+        looks.append(array)
+        if len(looks) == 2:  # its worker tells Optuna now
+            study.tell(trial, 0.5)
+        return {"78_0": "RUNNING"}
+
+    monkeypatch.setattr(slurm, "queue_states", queue_states)
+    monkeypatch.setattr(slurm, "FOLLOW_S", 0)
+    assert slurm.follow(study, [SimpleNamespace(job_id="78_0")], n_trials=1) == 0
+    assert len(looks) == 3
+    output = capsys.readouterr().out
+    assert "trials: 0/1 ended | Slurm array 78: 1 RUNNING" in output
+    assert "trials: 1/1 ended" in output
 
 
 # ---------------------------------------------------------------------------- running sweeps

@@ -25,7 +25,7 @@ from mlp_experiments.cluster import check_fits_partition
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.hydra_node import check_launcher_settings
 from mlp_experiments.errors import UserError
-from mlp_experiments.sweep.study import ended_trials
+from mlp_experiments.sweep.study import closed_trials
 from mlp_experiments.sweep.worker import ParentRun
 
 # The jobs' folders: <cwd>/slurm/<study>/<job id>/ hold submitit's files and the logs.
@@ -130,7 +130,7 @@ def follow(study, jobs: list, n_trials: int) -> int:
     array, last, failures = array_id(jobs), None, 0
     try:
         while True:
-            ended = len(ended_trials(study))
+            ended = len(closed_trials(study))
             try:
                 states = queue_states(array)
                 failures = 0

@@ -139,6 +139,15 @@ def ended_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if ended_on_its_own(t)]
 
 
+def closed_trials(study) -> list:
+    """The ended trials that Optuna has closed too. A worker notes a trial's outcome, then tells
+    Optuna; killed in between, it leaves the trial RUNNING until its heartbeat fails it and a
+    retry takes its place."""
+    from optuna.trial import TrialState
+
+    return [t for t in ended_trials(study) if t.state != TrialState.RUNNING]
+
+
 def counted_trials(study) -> int:
     """Trials that count toward n_trials: running or queued ones, and finished ones that ended
     on their own (a heartbeat-failed trial does not count: it is queued again)."""
