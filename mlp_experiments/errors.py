@@ -54,6 +54,14 @@ def raise_if_stopped() -> None:
         raise Terminated() if _received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
+def exit_on_mistake(error: UserError) -> NoReturn:
+    """End the command with the mistake's one line, unless a Ctrl-C or SIGTERM came first: a
+    library the signal cut mid-update can fail in its cleanup (OmegaConf, composing a config),
+    and that error is the signal's doing, so the stop is raised instead."""
+    raise_if_stopped()
+    raise SystemExit(f"error: {error}") from None
+
+
 def interrupted_exit_code(stop: KeyboardInterrupt) -> int:
     """The shell's code for the signal that stopped the command: 128 + its number."""
     return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)

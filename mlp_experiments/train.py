@@ -36,6 +36,7 @@ from mlp_experiments.errors import (
     UserError,
     exit_interrupted,
     exit_now,
+    exit_on_mistake,
     raise_if_stopped,
     stop_on_signals,
 )
@@ -304,7 +305,7 @@ def main(cfg: DictConfig) -> float:
     try:
         result = train(cfg)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
     if result.outcome == "diverged" and HydraConfig.get().mode == RunMode.RUN:
         # A script or a Slurm job tells success by the exit code alone (a multirun goes on
         # with its other jobs: Hydra's sweepers read the value, nan here).
@@ -349,7 +350,7 @@ def run_command_line() -> None:
                 check_tracking(job.tracking.uri)
                 tracking.Sender.start(job.tracking)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
     if args.help:
         print(redact(app_help(args.overrides, **where)))
         return

@@ -777,6 +777,31 @@ def test_a_signal_at_a_random_moment_leaves_the_run_with_its_true_status(tmp_pat
         assert [run.info.status for run in runs(uri)] == ["FINISHED"], fault
 
 
+@pytest.mark.parametrize(("module", "composes"), [("train", "check_command_line"),
+                                                   ("sweep.command", "run_sweep")])
+def test_an_error_a_ctrl_c_caused_ends_the_command_interrupted(module, composes):
+    """A Ctrl-C that lands inside OmegaConf while a command composes its config can leave a node
+    half-built whose cleanup then fails: that error is the Ctrl-C's doing (seen in CI: "error:
+    'NoneType' object has no attribute '_invalidate_flags_cache'", exit 1). Exit 130, quietly."""
+    script = (
+        "import os, signal, sys\n"
+        f"import mlp_experiments.{module} as command\n"
+        "from mlp_experiments.errors import UserError\n"
+        "def composing(*arguments, **options):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    finally:\n"
+        "        raise UserError('a node cut in half failed its cleanup')\n"
+        f"command.{composes} = composing\n"
+        "sys.argv = ['mlp-command']\n"
+        f"command.{'cli' if module == 'train' else 'main'}()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "error" not in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("delay_s", [0.1, 0.3, 0.6])
 def test_ctrl_c_while_the_command_loads_ends_it_quietly(tmp_path, delay_s):
     """Ctrl-C to the whole group within its first second, while the training command and its
