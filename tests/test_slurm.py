@@ -10,6 +10,7 @@ multirun's output is harmless; the sweep's command asks squeue, never sacct."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -276,9 +277,13 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
         return next((t for t in trials if len(t.intermediate_values) >= 2), None)
 
     victim = wait_for(running_for_a_while, sweep, timeout=240, every=0.5)
-    job = victim.user_attrs["worker"].split("Slurm job ")[1].rstrip(")")
-    # Plain scancel's SIGTERM is ignored by submitit and its SIGKILL follows KillWait later: on
-    # a busy machine the trial then ran to its end first (seen in CI). The kill comes at once.
+    worker, job = victim.user_attrs["worker"].removesuffix(")").split(" (Slurm job ")
+    # The worker is frozen where it is (the one node is this machine), then killed: on a busy
+    # machine it trained on to its trial's end, or into the next trial, before scancel's
+    # SIGKILL arrived (seen in CI; plain scancel's SIGTERM is ignored by submitit, and its
+    # SIGKILL follows KillWait later).
+    os.kill(int(worker.rpartition(":")[2]), signal.SIGSTOP)
+    assert load(tmp_path, name).trials[victim.number].state == TrialState.RUNNING
     slurm.run("scancel", "--signal=KILL", job)
     finish(sweep, tmp_path, "sweep.log")
 
