@@ -26,7 +26,7 @@ from mlp_experiments.cli import described
 from mlp_experiments.config.checks import model_shape, validate
 from mlp_experiments.config.choices import DatasetName
 from mlp_experiments.config.registry import SCHEMAS, data_schema, register_configs
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.stores import check_folder
 
 # A config.yaml from a tracking store is input: only our own model classes are built from it.
@@ -281,7 +281,7 @@ def main(arguments: list[str] | None = None) -> None:
         check_folder(out, "evaluate.out_dir")
         result = evaluate(run_id, cfg.tracking.uri, out)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
     agree = same_accuracy(result["test_acc"], result["logged_test_acc"], result["test_examples"])
     print(f"test accuracy of the reloaded model {result['test_acc']:.4f}, "
           f"{'the same as' if agree else 'NOT the same as'} the run's logged "

@@ -41,7 +41,7 @@ from omegaconf import MISSING
 
 from mlp_experiments import cli, data
 from mlp_experiments.cli import described
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.locks import file_lock
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import check_folder
@@ -382,7 +382,7 @@ def main(arguments: list[str] | None = None) -> None:
         check_folder(cfg.fetch.cache_dir, "fetch.cache_dir")
         fetch(cfg.fetch.dataset.value, Path(cfg.fetch.cache_dir).expanduser())
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
 
 
 if __name__ == "__main__":

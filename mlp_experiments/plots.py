@@ -26,7 +26,7 @@ from omegaconf import MISSING  # noqa: E402
 from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import CONF_DIR, compose_config
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.stores import check_folder
 
 if TYPE_CHECKING:  # a run's figures need no torch: the sender process never imports it
@@ -246,7 +246,7 @@ def main(arguments: list[str] | None = None) -> None:
             raise UserError(f"plots.epochs={cfg.plots.epochs} must be at least 1.")
         check_folder(cfg.plots.out_dir, "plots.out_dir")
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
     name = cfg.plots.figure.value
     figure = activations_figure() if name == "activations" else schedules_figure(cfg.plots.epochs)
     out = Path(cfg.plots.out_dir)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from mlp_experiments import cli
 from mlp_experiments.cli import described
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.stores import sqlite_path
 
 
@@ -165,7 +165,7 @@ def main(arguments: list[str] | None = None) -> None:
         cfg, _ = cli.parse(COMMAND, sys.argv[1:] if arguments is None else arguments)
         serve(cfg)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
 
 
 if __name__ == "__main__":

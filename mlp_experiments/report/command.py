@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from mlp_experiments import cli
 from mlp_experiments.cli import described
 from mlp_experiments.config.compose import compose_config
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.stores import check_database, check_folder, sqlite_path
 from mlp_experiments.sweep.spec import (
     SweepConfig,
@@ -144,4 +144,4 @@ def main(arguments: list[str] | None = None) -> None:
     try:
         run_report(sys.argv[1:] if arguments is None else arguments)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)

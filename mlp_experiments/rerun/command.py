@@ -34,7 +34,7 @@ from mlp_experiments import cli, provenance
 from mlp_experiments.cli import described
 from mlp_experiments.config.checks import check_section_ranges
 from mlp_experiments.config.ranges import at_least, ranged
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.evaluate import RUN_ID, check_store
 from mlp_experiments.provenance import git
 from mlp_experiments.redact import redact
@@ -333,7 +333,7 @@ def main(arguments: list[str] | None = None) -> None:
         verdicts = [(run_id, rerun_one(client, run_id, tags, settings, uri))
                     for run_id, tags in records.items()]
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_on_mistake(error)
     except KeyboardInterrupt:
         print("interrupted: the rerun's run is closed KILLED, its worktree removed",
               file=sys.stderr)
