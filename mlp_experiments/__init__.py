@@ -6,7 +6,7 @@ handler is in place (errors.stop_on_signals), which stops it as a later one woul
 with exit code 130, where Python would print a traceback from whichever import it cut. The
 sender process ignores Ctrl-C, and Slurm's SIGTERM and SIGUSR1/2 before a time limit or a
 requeue: they reach the whole job, and are the training process's to handle (it closes its run
-in its journal).
+in its journal). Nor does it load pandas, which MLflow imports only where it is installed.
 """
 
 import os
@@ -36,3 +36,6 @@ if (_WORKER or _COMMAND in ("mlp_experiments.train", "mlp_experiments.sweep", "m
 elif _COMMAND == "mlp_experiments.sender":
     for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(_signum, signal.SIG_IGN)
+    # MLflow imports without pandas (as its skinny install does) and shipping records needs
+    # none: hidden, a sender starts 0.7 s of CPU and 50 MiB lighter (docs/performance.md).
+    sys.modules["pandas"] = None
