@@ -6,6 +6,7 @@ report all ask a `Task`. Imports nothing heavy: the config checks use it before 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
@@ -64,3 +65,8 @@ class Task:
 def higher_is_better(metric: str) -> bool:
     """Accuracy is the one score where more is better; losses, errors and times are not."""
     return metric == "acc" or metric.endswith("_acc")
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: an accuracy is a fraction; losses and errors are >= 0."""
+    return (0.0, 1.0) if higher_is_better(metric) else (0.0, math.inf)

@@ -13,7 +13,12 @@ from scipy import stats as scipy_stats
 
 from mlp_experiments.report import command, stats, trials
 from mlp_experiments.report.cost import cost_lines
-from mlp_experiments.report.markdown import importances_section, interval, write_report
+from mlp_experiments.report.markdown import (
+    comparison_summary,
+    importances_section,
+    interval,
+    write_report,
+)
 from mlp_experiments.sweep.presets import write_best_preset
 from mlp_experiments.sweep.spec import SweepConfig, load_sweep
 
@@ -56,13 +61,31 @@ def test_summarise_known_values():
     assert summary.n == 3
     assert summary.mean == pytest.approx(0.82)
     assert summary.std == pytest.approx(0.02)
-    assert summary.ci95 == pytest.approx(T_975_DF2 * 0.02 / math.sqrt(3), rel=1e-6)
+    half_width = T_975_DF2 * 0.02 / math.sqrt(3)
+    assert (summary.low, summary.high) == pytest.approx((0.82 - half_width, 0.82 + half_width))
+
+
+def test_an_interval_holds_only_values_the_score_can_take():
+    """Two seeds' t-interval (t = 12.71) of an accuracy spans -2.77 to 4.22: cut to [0, 1];
+    a difference of two accuracies to [-1, 1]. Inside the bounds nothing changes."""
+    wide = stats.summarise([0.45, 1.0], bounds=(0.0, 1.0))
+    assert (wide.low, wide.high) == (0.0, 1.0)
+    assert interval(wide) == "[0.0000, 1.0000]"
+    narrow = stats.summarise([0.80, 0.82, 0.84], bounds=(0.0, 1.0))
+    assert (narrow.low, narrow.high) == (stats.summarise([0.80, 0.82, 0.84]).low,
+                                         stats.summarise([0.80, 0.82, 0.84]).high)
+    a, b = {0: 0.2, 1: 0.9}, {0: 0.1, 1: 0.3}
+    unbounded, bounded = stats.compare(a, b), stats.compare(a, b, bounds=(0.0, 1.0))
+    assert unbounded.low < -1 and unbounded.high > 1
+    assert (bounded.low, bounded.high) == (-1.0, 1.0)
+    assert (bounded.difference, bounded.p) == (unbounded.difference, unbounded.p)
+    assert stats.compare(a, b, bounds=(0.0, math.inf)).low == unbounded.low  # an RMSE's
 
 
 def test_summarise_one_value_has_no_interval():
     summary = stats.summarise([0.9])
     assert (summary.n, summary.mean) == (1, 0.9)
-    assert math.isnan(summary.std) and math.isnan(summary.ci95)
+    assert math.isnan(summary.std) and math.isnan(summary.low) and math.isnan(summary.high)
     assert interval(summary) == "undefined (n = 1)"
 
 
@@ -218,6 +241,23 @@ def test_comparison_with_one_seed_cannot_be_judged(tmp_path):
     assert "`a` against `b` cannot be judged" in markdown
     assert "(1 seed each)" in markdown
     assert "undefined (n = 1)" in markdown
+
+
+def test_two_seeds_apart_get_the_whole_range_as_their_interval_not_an_impossible_one():
+    """The quickstart's comparison (2 seeds): a variant at 0.45 and 1.0 has the t-interval
+    [-2.77, 4.22], printed as [0, 1]; its difference to another as -100 to +100 points."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["a", "b"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name, scores in (("a", (0.45, 1.0)), ("b", (0.1, 0.3))):
+        for seed, score in enumerate(scores):
+            add(study, value=score, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=history([score], score), outcome="completed")
+    summary = "\n".join(comparison_summary(study, comparison_sweep()))
+    assert "a: test accuracy 0.7250, 95% CI [0.0000, 1.0000], 2 seeds" in summary
+    assert "b: test accuracy 0.2000, 95% CI [0.0000, 1.0000], 2 seeds" in summary
+    assert "a − b = +52.5 points of test accuracy, 95% CI -100.0 to +100.0" in summary
 
 
 def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_path):

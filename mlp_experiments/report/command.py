@@ -70,9 +70,10 @@ def summarise_in_mlflow(study, sweep: DictConfig, tracking_cfg: DictConfig,
     from optuna.trial import TrialState
 
     from mlp_experiments.report.markdown import write_report
+    from mlp_experiments.report.trials import study_metric
 
     client = mlflow.MlflowClient(tracking_cfg.uri)
-    metric = study.user_attrs.get("metric", sweep.metric)
+    metric = study_metric(study, sweep)
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def score_figure(variants: list[Variant], task: Task) -> Figure:
     bar cut off above 0 would exaggerate them."""
     variants = [v for v in variants if v.trials]
     summaries = [v.test(task) for v in variants]
-    errors = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
+    errors = np.nan_to_num([[s.mean - s.low for s in summaries],
+                            [s.high - s.mean for s in summaries]])  # none below 2 seeds
     positions = np.arange(len(variants))
     figure, axis = plt.subplots(figsize=(max(6.0, 1.4 * len(variants) + 2), 4.5))
     axis.errorbar(positions, [s.mean for s in summaries], yerr=errors, fmt="o", markersize=8,

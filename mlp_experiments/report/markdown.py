@@ -31,13 +31,14 @@ from mlp_experiments.report.trials import (
     group_variants,
     status,
     study_kind,
+    study_metric,
     task_of,
     trial_label,
     varying_params,
 )
 from mlp_experiments.sweep import stages
 from mlp_experiments.sweep.presets import best_preset_command, best_preset_path
-from mlp_experiments.task import Task, higher_is_better
+from mlp_experiments.task import Task, higher_is_better, metric_range
 
 TOP_TRIALS = 10
 
@@ -49,7 +50,7 @@ def number(value: float) -> str:
 def interval(summary: Summary) -> str:
     if summary.n < 2:
         return f"undefined (n = {summary.n})"
-    return f"[{number(summary.mean - summary.ci95)}, {number(summary.mean + summary.ci95)}]"
+    return f"[{number(summary.low)}, {number(summary.high)}]"
 
 
 def p_value(p: float) -> str:
@@ -101,8 +102,8 @@ def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task:
 
 def contrasts_with_the_best(variants: list[Variant], task: Task) -> list[Contrast | None]:
     """Each variant after the first against the first, as one family (Holm)."""
-    contrasts = [compare(variants[0].test_by_seed(task), other.test_by_seed(task))
-                 for other in variants[1:]]
+    contrasts = [compare(variants[0].test_by_seed(task), other.test_by_seed(task),
+                         metric_range(task.score)) for other in variants[1:]]
     judged = holm([c for c in contrasts if c is not None])
     return [judged.pop(0) if c is not None else None for c in contrasts]
 
@@ -200,10 +201,10 @@ def tuning_section(tuning: dict, sweep: DictConfig, metric: str, folder: Path,
 def comparison_section(study, sweep: DictConfig, metric: str, folder: Path) -> list[str]:
     maximize = study.direction == StudyDirection.MAXIMIZE
     task = task_of(finished(study))
-    variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
+    variants = best_first(group_variants(study), lambda v: v.objective(metric).mean, maximize)
     rows = []
     for variant in variants:
-        test, objective = variant.test(task), variant.objective()
+        test, objective = variant.test(task), variant.objective(metric)
         rows.append([f"`{variant.name}`", str(test.n),
                      number(test.mean), number(test.std), interval(test),
                      number(objective.mean), number(objective.std), interval(objective),
@@ -241,7 +242,8 @@ def comparison_summary(study, sweep: DictConfig) -> list[str]:
     interval, then the verdicts (the report's sentences)."""
     maximize = study.direction == StudyDirection.MAXIMIZE
     task = task_of(finished(study))
-    variants = best_first(group_variants(study), lambda v: v.objective().mean, maximize)
+    metric = study_metric(study, sweep)
+    variants = best_first(group_variants(study), lambda v: v.objective(metric).mean, maximize)
     measured = [v for v in variants if v.trials]
     lines = [f"  {v.name}: test {task.score_label} {number(v.test(task).mean)}, 95% CI "
              f"{interval(v.test(task))}, {len(v.trials)} seed{'s' * (len(v.trials) != 1)}"
@@ -346,7 +348,7 @@ def write_report(study, sweep: DictConfig, folder: Path, detailed: bool = False)
     """`folder/report.md` and its figures, and `report.html` with them inside; `detailed` adds
     the parallel coordinates and slice plots of a search."""
     folder.mkdir(parents=True, exist_ok=True)
-    metric = study.user_attrs.get("metric", sweep.metric)
+    metric = study_metric(study, sweep)
     kind = study_kind(study, sweep)
     trials = study.get_trials(deepcopy=False)
     lines = [f"# Study `{sweep.study_name}`", "",

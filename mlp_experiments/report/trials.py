@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mlp_experiments.report.stats import Summary, summarise
 from mlp_experiments.sweep.spec import SEED_KEY
 from mlp_experiments.sweep.study import ended_on_its_own
-from mlp_experiments.task import Task
+from mlp_experiments.task import Task, metric_range
 
 
 def task_of(trials: list[FrozenTrial]) -> Task:
@@ -55,6 +55,11 @@ def variant_of(trial: FrozenTrial) -> str:
     return " ".join(parts) or "(no parameters)"
 
 
+def study_metric(study, sweep: DictConfig) -> str:
+    """The metric the study's trials were judged by, as recorded when it was created."""
+    return study.user_attrs.get("metric", sweep.metric)
+
+
 def study_kind(study, sweep: DictConfig) -> str:
     """The study's recorded kind; without tracking none is recorded: the rule tracking uses."""
     inferred = "comparison" if sweep.variants or sweep.sampler == "grid" else "search"
@@ -79,10 +84,10 @@ class Variant:
         return dict(zip(seeds, self.test_values(task), strict=True))
 
     def test(self, task: Task) -> Summary:
-        return summarise(self.test_values(task))
+        return summarise(self.test_values(task), metric_range(task.score))
 
-    def objective(self) -> Summary:
-        return summarise([t.value for t in self.trials])
+    def objective(self, metric: str) -> Summary:
+        return summarise([t.value for t in self.trials], metric_range(metric))
 
 
 def group_variants(study) -> list[Variant]:
