@@ -275,6 +275,23 @@ def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_
             "test.") in markdown
 
 
+def test_variants_both_perfect_on_every_seed_are_not_called_the_same_computation(tmp_path):
+    """Adam and RMSprop at accuracy 1.0 on an easy synthetic set: equal scores at the end of
+    the scale say nothing about the computation."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["adam", "rmsprop"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name in ("adam", "rmsprop"):
+        for seed in (0, 1):
+            add(study, value=1.0, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=history([1.0], 1.0), outcome="completed")
+    summary = "\n".join(comparison_summary(study, comparison_sweep()))
+    assert ("adam and rmsprop both score 1.0000 on every seed (2), the end of the scale: this "
+            "test set cannot tell them apart.") in summary
+    assert "same computation" not in summary
+
+
 def test_comparison_that_minimises_puts_the_lowest_first(tmp_path):
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("kind", "comparison")

@@ -81,6 +81,11 @@ def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task:
     """`a` (the best) against `b`: which one is better, if the difference is real, by how much
     (`a`'s score minus `b`'s, with its interval), and the test that says so."""
     if contrast is None and a.test_by_seed(task) == b.test_by_seed(task):
+        scores = set(a.test_by_seed(task).values())
+        if scores <= set(metric_range(task.score)):  # all perfect (or all wrong): no evidence
+            return (f"`{a.name}` and `{b.name}` both score {number(scores.pop())} on every seed "
+                    f"({len(a.trials)}), the end of the scale: this test set cannot tell them "
+                    f"apart.")
         return (f"`{a.name}` and `{b.name}` score the same on every seed "
                 f"({len(a.trials)}): the same computation, nothing to test.")
     if contrast is None:
