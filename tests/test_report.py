@@ -243,21 +243,32 @@ def test_comparison_with_one_seed_cannot_be_judged(tmp_path):
     assert "undefined (n = 1)" in markdown
 
 
-def test_two_seeds_apart_get_the_whole_range_as_their_interval_not_an_impossible_one():
-    """The quickstart's comparison (2 seeds): a variant at 0.45 and 1.0 has the t-interval
-    [-2.77, 4.22], printed as [0, 1]; its difference to another as -100 to +100 points."""
+def comparison_terminal_summary(scores_by_variant: dict[str, tuple[float, ...]]) -> str:
+    """What `mlp-sweep` prints of a comparison whose variants scored these, seed by seed."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("kind", "comparison")
-    distributions = {"variant": CategoricalDistribution(["a", "b"]),
+    distributions = {"variant": CategoricalDistribution(list(scores_by_variant)),
                      "trainer.seed": IntDistribution(0, 9)}
-    for name, scores in (("a", (0.45, 1.0)), ("b", (0.1, 0.3))):
+    for name, scores in scores_by_variant.items():
         for seed, score in enumerate(scores):
             add(study, value=score, params={"variant": name, "trainer.seed": seed},
                 distributions=distributions, hist=history([score], score), outcome="completed")
-    summary = "\n".join(comparison_summary(study, comparison_sweep()))
+    return "\n".join(comparison_summary(study, comparison_sweep()))
+
+
+def test_two_seeds_apart_get_the_whole_range_as_their_interval_not_an_impossible_one():
+    """The quickstart's comparison (2 seeds): a variant at 0.45 and 1.0 has the t-interval
+    [-2.77, 4.22], printed as [0, 1]; its difference to another as -100 to +100 points; and
+    the summary says how wide 2 seeds' intervals are, and what narrows them."""
+    summary = comparison_terminal_summary({"a": (0.45, 1.0), "b": (0.1, 0.3)})
     assert "a: test accuracy 0.7250, 95% CI [0.0000, 1.0000], 2 seeds" in summary
     assert "b: test accuracy 0.2000, 95% CI [0.0000, 1.0000], 2 seeds" in summary
     assert "a − b = +52.5 points of test accuracy, 95% CI -100.0 to +100.0" in summary
+    assert ("2 seeds: a 95% interval spans ±12.7 standard errors (Student's t), so only large "
+            "gaps show; sweep.seeds=5 narrows it to ±2.8.") in summary
+    five_seeds = comparison_terminal_summary({"a": (0.81, 0.82, 0.83, 0.84, 0.85),
+                                              "b": (0.80, 0.82, 0.81, 0.83, 0.84)})
+    assert "over 5 seeds" in five_seeds and "standard errors" not in five_seeds
 
 
 def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_path):
@@ -275,18 +286,10 @@ def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_
             "test.") in markdown
 
 
-def test_variants_both_perfect_on_every_seed_are_not_called_the_same_computation(tmp_path):
+def test_variants_both_perfect_on_every_seed_are_not_called_the_same_computation():
     """Adam and RMSprop at accuracy 1.0 on an easy synthetic set: equal scores at the end of
     the scale say nothing about the computation."""
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("kind", "comparison")
-    distributions = {"variant": CategoricalDistribution(["adam", "rmsprop"]),
-                     "trainer.seed": IntDistribution(0, 9)}
-    for name in ("adam", "rmsprop"):
-        for seed in (0, 1):
-            add(study, value=1.0, params={"variant": name, "trainer.seed": seed},
-                distributions=distributions, hist=history([1.0], 1.0), outcome="completed")
-    summary = "\n".join(comparison_summary(study, comparison_sweep()))
+    summary = comparison_terminal_summary({"adam": (1.0, 1.0), "rmsprop": (1.0, 1.0)})
     assert ("adam and rmsprop both score 1.0000 on every seed (2), the end of the scale: this "
             "test set cannot tell them apart.") in summary
     assert "same computation" not in summary

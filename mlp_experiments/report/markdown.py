@@ -23,7 +23,7 @@ from mlp_experiments.report.figures import (
     tuning_figure,
 )
 from mlp_experiments.report.html import write_html
-from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm
+from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm, t_975
 from mlp_experiments.report.trials import (
     Variant,
     final,
@@ -41,6 +41,7 @@ from mlp_experiments.sweep.presets import best_preset_command, best_preset_path
 from mlp_experiments.task import Task, higher_is_better, metric_range
 
 TOP_TRIALS = 10
+ADVISED_SEEDS = 5  # as the shipped comparisons run: a t-test with 4 degrees of freedom
 
 
 def number(value: float) -> str:
@@ -259,6 +260,11 @@ def comparison_summary(study, sweep: DictConfig) -> list[str]:
             else fixed_verdicts(measured, task)
         lines += [f"  {line.removeprefix('- ')}" for line in verdicts
                   if line and not line.startswith("(")]
+        fewest = min(len(v.trials) for v in measured)
+        if not stages.is_staged(sweep) and 2 <= fewest < ADVISED_SEEDS:
+            lines.append(f"  {fewest} seeds: a 95% interval spans ±{t_975(fewest):.1f} standard "
+                         f"errors (Student's t), so only large gaps show; "
+                         f"sweep.seeds={ADVISED_SEEDS} narrows it to ±{t_975(ADVISED_SEEDS):.1f}.")
     return [line.replace("`", "") for line in lines]
 
 

@@ -37,8 +37,13 @@ def summarise(values: list[float], bounds: tuple[float, float] = UNBOUNDED) -> S
     if n < 2:
         return Summary(n, mean, math.nan, math.nan, math.nan)
     std = float(values.std(ddof=1))
-    half_width = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    half_width = t_975(n) * std / math.sqrt(n)
     return Summary(n, mean, std, *cut(mean - half_width, mean + half_width, bounds))
+
+
+def t_975(n: int) -> float:
+    """Student's t 97.5% quantile for the mean of n values: a 95% interval is mean ± t·s/√n."""
+    return float(stats.t.ppf(0.975, n - 1))
 
 
 def cut(low: float, high: float, bounds: tuple[float, float]) -> tuple[float, float]:
