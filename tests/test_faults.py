@@ -746,7 +746,13 @@ def test_a_signal_at_a_random_moment_leaves_the_run_with_its_true_status(tmp_pat
                                   f"tracking.log_model={log_model}"), tmp_path, "train.log")
     moment = draw.choice(["start-up", "training", "end"])
     if moment == "start-up":
-        time.sleep(draw.uniform(0.2, 4.0))
+        # From its sender's start (once its checks have composed the config), not from the
+        # exec: a stop while Python itself still imports `site` is Python's traceback, not ours
+        # (a busy CI machine took over 0.2 s to get there).
+        wait_for(lambda: any("mlp_experiments.sender" in line
+                             for line in children_running(process.pid).values()), process,
+                 every=0.02)
+        time.sleep(draw.uniform(0.0, 3.0))
     else:
         logged_epochs(uri, draw.randint(1, epochs - 1) if moment == "training" else epochs,
                       process)

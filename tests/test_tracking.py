@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,31 @@ def test_a_sender_loads_the_figures_code_only_for_a_run_that_draws_them(syntheti
     assert ("matplotlib" in imported) == plots
     assert "mlflow" in imported and "pandas.core.frame" not in imported  # tried, not loaded
     assert "mlflow.store.tracking.sqlalchemy_store" in imported  # the session's SQLite store
+
+
+def test_a_stop_between_a_records_write_and_its_count_still_ends_the_run(tmp_path, monkeypatch):
+    """A SIGTERM in CI landed in Journal.append after an epoch's line reached the file and
+    before it was counted: the run's end took the epoch's number, the reader stopped there,
+    and the run ended FAILED (its writer gone, its end unread) instead of KILLED."""
+    from mlp_experiments import tracking
+
+    record = tracking.RunRecord(None, tmp_path)
+    record.journal = tracking.Journal(tmp_path)
+    record.journal.append("start", durable=True)
+    real_fsync = os.fsync
+
+    def stopped_after_the_write(descriptor):
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise KeyboardInterrupt  # as the stop's handler raises it, after the line is written
+
+    monkeypatch.setattr(os, "fsync", stopped_after_the_write)
+    with pytest.raises(KeyboardInterrupt):
+        record.log_epoch(1, {"train_loss": 1.0})
+    record.end("interrupted")
+    record.journal.close()
+    records, _, cut = tracking.read_journal(tmp_path / tracking.JOURNAL)
+    assert [(r["seq"], r["kind"]) for r in records] == [(0, "start"), (1, "epoch"), (2, "end")]
+    assert cut is None
 
 
 def sync(*arguments: str) -> subprocess.CompletedProcess:
