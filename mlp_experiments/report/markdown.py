@@ -81,8 +81,9 @@ def signed(difference: float, task: Task) -> str:
 def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task: Task) -> str:
     """`a` (the best) against `b`: which one is better, if the difference is real, by how much
     (`a`'s score minus `b`'s, with its interval), and the test that says so."""
-    if contrast is None and a.test_by_seed(task) == b.test_by_seed(task):
-        scores = set(a.test_by_seed(task).values())
+    scores_a = a.test_by_seed(task)
+    if contrast is None and scores_a == b.test_by_seed(task):
+        scores = set(scores_a.values())
         if scores <= set(metric_range(task.score)):  # all perfect (or all wrong): no evidence
             return (f"`{a.name}` and `{b.name}` both score {number(scores.pop())} on every seed "
                     f"({len(a.trials)}), the end of the scale: this test set cannot tell them "

@@ -74,9 +74,8 @@ def compare(a: dict, b: dict, bounds: tuple[float, float] = UNBOUNDED) -> Contra
     """Compare two variants' scores (each within `bounds`), each keyed by its seed. Where the
     seeds of one are all among the other's, the paired t-test over those seeds (a seed fixes
     the data order and, for the same network, the initial weights, so the two runs of a seed
-    share that noise);
-    otherwise Welch's t-test. None when it cannot be judged: fewer than 2 values (pairs) on a
-    side, or no spread at all."""
+    share that noise); otherwise Welch's t-test. None when it cannot be judged: fewer than 2
+    values (pairs) on a side, or no spread at all."""
     common = sorted(set(a) & set(b), key=str)
     if len(common) >= 2 and len(common) == min(len(a), len(b)):
         x, y = np.array([a[s] for s in common]), np.array([b[s] for s in common])
