@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 SPLITS = ("train", "val", "test")
-PER_EPOCH = ("lr", "epoch_time_s", "samples_per_s")  # recorded each epoch besides the scores
+TIMINGS = ("epoch_time_s", "samples_per_s")  # measured, not results: no two runs share them
+PER_EPOCH = ("lr", *TIMINGS)  # recorded each epoch besides the scores
 
 
 @dataclass(frozen=True)

@@ -282,8 +282,28 @@ def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_
             add(study, value=value, params={"variant": name, "trainer.seed": seed},
                 distributions=distributions, hist=history([value], value), outcome="completed")
     markdown = write_report(study, comparison_sweep(), tmp_path).read_text()
-    assert ("`ce` and `nll` score the same on every seed (3): the same computation, nothing to "
-            "test.") in markdown
+    assert ("`ce` and `nll` score the same on every seed (3), every metric at every epoch: the "
+            "same computation, nothing to test.") in markdown
+
+
+def test_a_tie_on_every_seed_from_different_trainings_is_not_called_the_same_computation():
+    """Adam and RMSprop can land on the same test accuracy on every seed of a small test set;
+    their training losses differ, so the tie is a tie, not one computation run twice."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("kind", "comparison")
+    distributions = {"variant": CategoricalDistribution(["adam", "rmsprop"]),
+                     "trainer.seed": IntDistribution(0, 9)}
+    for name, loss_shift in (("adam", 0.0), ("rmsprop", 1e-6)):
+        for seed, value in enumerate((0.84, 0.85)):
+            runs = history([value], value)
+            runs[-1]["train_loss"] += loss_shift
+            add(study, value=value, params={"variant": name, "trainer.seed": seed},
+                distributions=distributions, hist=runs, outcome="completed")
+    summary = "\n".join(comparison_summary(study, comparison_sweep()))
+    assert ("adam and rmsprop score the same on every seed (2) but train differently (a loss "
+            "or score differs at some epoch): a tie, with no spread to test; more seeds would "
+            "show whether it holds.") in summary
+    assert "same computation" not in summary
 
 
 def test_variants_both_perfect_on_every_seed_are_not_called_the_same_computation():

@@ -88,8 +88,12 @@ def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task:
             return (f"`{a.name}` and `{b.name}` both score {number(scores.pop())} on every seed "
                     f"({len(a.trials)}), the end of the scale: this test set cannot tell them "
                     f"apart.")
-        return (f"`{a.name}` and `{b.name}` score the same on every seed "
-                f"({len(a.trials)}): the same computation, nothing to test.")
+        if a.results_by_seed() == b.results_by_seed():
+            return (f"`{a.name}` and `{b.name}` score the same on every seed ({len(a.trials)}), "
+                    f"every metric at every epoch: the same computation, nothing to test.")
+        return (f"`{a.name}` and `{b.name}` score the same on every seed ({len(a.trials)}) but "
+                f"train differently (a loss or score differs at some epoch): a tie, with no "
+                f"spread to test; more seeds would show whether it holds.")
     if contrast is None:
         n_a, n_b = len(a.trials), len(b.trials)
         counts = f"{n_a} seed{'s' * (n_a != 1)} each" if n_a == n_b else f"{n_a} and {n_b} seeds"

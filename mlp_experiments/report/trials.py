@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mlp_experiments.report.stats import Summary, summarise
 from mlp_experiments.sweep.spec import SEED_KEY
 from mlp_experiments.sweep.study import ended_on_its_own
-from mlp_experiments.task import Task, metric_range
+from mlp_experiments.task import TIMINGS, Task, metric_range
 
 
 def task_of(trials: list[FrozenTrial]) -> Task:
@@ -75,13 +75,24 @@ class Variant:
     def test_values(self, task: Task) -> list[float]:
         return [final(t, f"test_{task.score}") for t in self.trials]
 
-    def test_by_seed(self, task: Task) -> dict:
-        """The final test scores keyed by seed, which pairs two variants' runs; keyed by trial
-        (pairing nothing) where the trials do not each have a seed of their own."""
+    def by_seed(self, values: list) -> dict:
+        """`values` (one per trial) keyed by seed, which pairs two variants' runs; keyed by
+        trial (pairing nothing) where the trials do not each have a seed of their own."""
         seeds = [t.params.get(SEED_KEY) for t in self.trials]
         if None in seeds or len(set(seeds)) < len(seeds):
             seeds = [f"trial {t.number}" for t in self.trials]
-        return dict(zip(seeds, self.test_values(task), strict=True))
+        return dict(zip(seeds, values, strict=True))
+
+    def test_by_seed(self, task: Task) -> dict:
+        """The final test scores, keyed by seed."""
+        return self.by_seed(self.test_values(task))
+
+    def results_by_seed(self) -> dict:
+        """Every metric of every epoch but the timings, keyed by seed: two computations that
+        are the same have the same results, to the last bit."""
+        return self.by_seed([[{key: value for key, value in epoch.items() if key not in TIMINGS}
+                              for epoch in t.user_attrs.get("history") or []]
+                             for t in self.trials])
 
     def test(self, task: Task) -> Summary:
         return summarise(self.test_values(task), metric_range(task.score))

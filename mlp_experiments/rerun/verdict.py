@@ -8,9 +8,7 @@ import math
 from dataclasses import dataclass
 
 from mlp_experiments.config.identity import decides_the_result
-from mlp_experiments.task import PER_EPOCH
-
-MEASURED = {"epoch_time_s", "samples_per_s"} & set(PER_EPOCH)  # timings, not results
+from mlp_experiments.task import TIMINGS
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ def sibling_seeds(client, run) -> list[str]:
 
 
 def judge(client, original, rerun_id: str, tolerance: float) -> Verdict:
-    names = sorted(set(original.data.metrics) - MEASURED)
+    names = sorted(set(original.data.metrics) - set(TIMINGS))
     before = histories(client, original.info.run_id, names)
     seeds = [before if seed == original.info.run_id else histories(client, seed, names)
              for seed in sibling_seeds(client, original)]
