@@ -271,12 +271,14 @@ pruner: none
 
 
 def test_grid_comparison_runs_every_cell_as_a_child_of_one_parent_run(sweep_file, tracking_uri,
-                                                                       request, workdir):
+                                                                       request, workdir, capsys):
     study = run_sweep(sweep_file(GRID))
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert (f"drawing the best trials' figures and the study's report into MLflow (run "
+            f"{parent})...") in capsys.readouterr().out
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     cells = {(t.params["variant"], t.params["trainer.seed"]) for t in trials}
     assert cells == {("sgd", 0), ("sgd", 1), ("adam", 0), ("adam", 1)} and len(trials) == 4
-    parent = study.user_attrs["mlflow_parent_run_id"]
     children = child_runs(tracking_uri, request.node.name, parent)
     assert len(children) == 4
     child = children[0]
@@ -646,6 +648,31 @@ def test_a_search_draws_the_figures_of_its_best_trials_only(sweep_file, tracking
     for trial in trials:  # every trial keeps what evaluate and the figures are rebuilt from
         paths = {a.path for a in client.list_artifacts(mlflow_run_of(trial))}
         assert {"config.yaml", "parameters.md", "model_state"} <= paths
+
+
+def test_a_grid_comparison_without_named_variants_draws_the_best_trial_of_each_cell(
+        tracking_uri, request, monkeypatch):
+    """Its variants are its searched values besides the seed: one best trial of each."""
+    from mlp_experiments import evaluate
+    from mlp_experiments.sweep.command import plot_best_trials
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(request.node.name)
+    study = optuna.create_study(direction="maximize")
+    distributions = {"optimizer.lr": CategoricalDistribution([0.1, 0.5]),
+                     "trainer.seed": IntDistribution(0, 1)}
+    runs = {}
+    for lr, seed, value in ((0.1, 0, 0.80), (0.1, 1, 0.82), (0.5, 0, 0.85), (0.5, 1, 0.84)):
+        runs[lr, seed] = client.create_run(experiment).info.run_id
+        study.add_trial(optuna.trial.create_trial(
+            value=value, params={"optimizer.lr": lr, "trainer.seed": seed},
+            distributions=distributions,
+            user_attrs={"mlflow_run_id": runs[lr, seed], "history": []}))
+    drawn = []
+    monkeypatch.setattr(evaluate, "log_run_figures", lambda uri, run_id, history:
+                        drawn.append(run_id))
+    plot_best_trials(study, "comparison", tracking_uri)
+    assert sorted(drawn) == sorted([runs[0.1, 1], runs[0.5, 0]])
 
 
 def test_a_trial_config_is_composed_once_per_choice_of_groups(sweep_file, monkeypatch):

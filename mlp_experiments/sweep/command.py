@@ -150,6 +150,8 @@ def run_sweep(arguments: list[str]):
     if parent_run_id and all_sent(study):
         from mlp_experiments.report.command import summarise_in_mlflow
 
+        print(f"drawing the best trials' figures and the study's report into MLflow "
+              f"(run {parent_run_id})...", flush=True)
         plot_best_trials(study, kind, tracking_uri)
         summarise_in_mlflow(study, sweep, base.tracking, parent_run_id, preset)
     elif parent_run_id:
@@ -290,6 +292,7 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
 
     from mlp_experiments import evaluate
     from mlp_experiments.report.stats import best_first
+    from mlp_experiments.report.trials import variant_of
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if mlflow_run_of(t) and "reused_from" not in t.user_attrs]
@@ -297,7 +300,7 @@ def plot_best_trials(study, kind: str, tracking_uri: str) -> None:
     if kind == "comparison":
         best_of_variant = {}
         for trial in trials:
-            best_of_variant.setdefault(trial.params.get("variant"), trial)
+            best_of_variant.setdefault(variant_of(trial), trial)
         chosen = list(best_of_variant.values())
     else:
         chosen = trials[:BEST_TRIALS_PLOTTED]
