@@ -278,13 +278,14 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
 
     victim = wait_for(running_for_a_while, sweep, timeout=240, every=0.5)
     worker, job = victim.user_attrs["worker"].removesuffix(")").split(" (Slurm job ")
-    # The worker is frozen where it is (the one node is this machine), then killed: on a busy
-    # machine it trained on to its trial's end, or into the next trial, before scancel's
-    # SIGKILL arrived (seen in CI; plain scancel's SIGTERM is ignored by submitit, and its
-    # SIGKILL follows KillWait later).
-    os.kill(int(worker.rpartition(":")[2]), signal.SIGSTOP)
+    # Slurm cancels a job with SIGCONT and SIGTERM, which submitit ignores, and SIGKILL
+    # KillWait later. The test sends that SIGKILL itself (the one node is this machine), at a
+    # known epoch of the trial, then cancels the job: waiting for Slurm's let the worker train
+    # on to its trial's end and into the next one (seen in CI, at 0.3 s an epoch; a worker
+    # frozen first is woken by the SIGCONT).
+    os.kill(int(worker.rpartition(":")[2]), signal.SIGKILL)
     assert load(tmp_path, name).trials[victim.number].state == TrialState.RUNNING
-    slurm.run("scancel", "--signal=KILL", job)
+    slurm.run("scancel", job)
     finish(sweep, tmp_path, "sweep.log")
 
     study = load(tmp_path, name)
