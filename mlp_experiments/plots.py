@@ -25,7 +25,6 @@ from omegaconf import MISSING  # noqa: E402
 
 from mlp_experiments import cli
 from mlp_experiments.cli import described
-from mlp_experiments.config.compose import CONF_DIR, compose_config
 from mlp_experiments.errors import UserError, exit_on_mistake
 from mlp_experiments.stores import check_folder
 
@@ -171,6 +170,8 @@ def activations_figure() -> Figure:
 
 
 def scheduler_names() -> list[str]:
+    from mlp_experiments.config.compose import CONF_DIR  # Hydra: not for a sender's figures
+
     return sorted(path.stem for path in (CONF_DIR / "scheduler").glob("*.yaml"))
 
 
@@ -179,6 +180,7 @@ def learning_rates(scheduler_name: str, epochs: int) -> list[float]:
     import torch
     from torch import nn
 
+    from mlp_experiments.config.compose import compose_config
     from mlp_experiments.optim import build_scheduler
 
     cfg = compose_config([f"scheduler={scheduler_name}", f"trainer.epochs={epochs}"])

@@ -165,7 +165,8 @@ def test_a_fresh_process_records_through_its_sender_process(workdir):
 def test_a_sender_loads_the_figures_code_only_for_a_run_that_draws_them(synthetic_cfg,
                                                                        monkeypatch, plots):
     """A sweep's trials draw no figures: their sender does not load matplotlib (~1 s of CPU,
-    30 MiB) while their training loads torch. No sender loads pandas (0.7 s, 50 MiB)."""
+    30 MiB) while their training loads torch. No sender loads pandas (0.7 s, 50 MiB), nor
+    Hydra, which only `mlp-plots`'s figures without a run need (0.1 s)."""
     from mlp_experiments import tracking
 
     monkeypatch.setattr(tracking.Sender, "process", None)  # the session's sender stays
@@ -180,6 +181,7 @@ def test_a_sender_loads_the_figures_code_only_for_a_run_that_draws_them(syntheti
     imported = {line.split("|")[-1].strip() for line in loaded.stderr.splitlines()}
     assert ("matplotlib" in imported) == plots
     assert "mlflow" in imported and "pandas.core.frame" not in imported  # tried, not loaded
+    assert "hydra" not in imported
     assert "mlflow.store.tracking.sqlalchemy_store" in imported  # the session's SQLite store
 
 
