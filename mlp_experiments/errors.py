@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
@@ -52,6 +54,23 @@ def raise_if_stopped() -> None:
     destructor or a weakref callback, and the signal would be lost."""
     if _received:
         raise Terminated() if _received[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def stop_received() -> bool:
+    """Has a Ctrl-C or SIGTERM stopped the command?"""
+    return bool(_received)
+
+
+@contextmanager
+def stops_over_errors() -> Iterator[None]:
+    """An exception raised once a Ctrl-C or SIGTERM has come is raised as that stop: the signal
+    cut a library mid-update and its cleanup failed (OmegaConf, composing a config, raised
+    AttributeError in CI), so the error is the signal's doing and the command ends stopped."""
+    try:
+        yield
+    except Exception:
+        raise_if_stopped()
+        raise
 
 
 def exit_on_mistake(error: UserError) -> NoReturn:

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_experiments.config.identity import flatten
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, stop_received
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import sqlite_path
 
@@ -255,7 +255,7 @@ class RunRecord:
             self.end("interrupted")
             raise
         except BaseException:
-            self.end("crashed")
+            self.end("interrupted" if stop_received() else "crashed")  # stops_over_errors
             raise
         finally:
             self.journal.close()

@@ -39,6 +39,7 @@ from mlp_experiments.errors import (
     exit_on_mistake,
     raise_if_stopped,
     stop_on_signals,
+    stops_over_errors,
 )
 from mlp_experiments.redact import RedactingStream, redact
 from mlp_experiments.task import Task
@@ -320,7 +321,8 @@ def cli() -> None:
     completion); every job it can start is checked before Hydra composes or runs anything."""
     try:
         stop_on_signals()  # first: a signal during the checks ends the command quietly too
-        run_command_line()
+        with stops_over_errors():
+            run_command_line()
     except KeyboardInterrupt as stop:  # a run is closed as interrupted, its checkpoint kept
         exit_interrupted(stop)
 

@@ -3,6 +3,7 @@ restarted mid-run. Each test then reads the MLflow and Optuna records back: ever
 there, every run has its true status, nothing is left RUNNING."""
 
 import itertools
+import json
 import os
 import random
 import signal
@@ -806,6 +807,52 @@ def test_an_error_a_ctrl_c_caused_ends_the_command_interrupted(module, composes)
                           timeout=120)
     assert done.returncode == 130, done.stdout + done.stderr
     assert "error" not in done.stdout + done.stderr
+
+
+# A Ctrl-C that lands while OmegaConf updates a node: its cleanup fails and the error it raises
+# replaces the KeyboardInterrupt (seen in CI, the test below at 0.3 s).
+CUT_MID_UPDATE = """
+import os, signal
+def cut_mid_update(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+"""
+
+
+def test_a_stop_that_fails_a_library_in_its_cleanup_ends_the_command_quietly(tmp_path):
+    """The error a stop causes is the stop: exit 130, no traceback (it was exit 1 and
+    OmegaConf's traceback, composing the config)."""
+    script = tmp_path / "composing.py"
+    script.write_text(CUT_MID_UPDATE + "import sys\n"
+                      "from mlp_experiments import train\n"
+                      "train.check_command_line = cut_mid_update\n"
+                      "sys.argv = ['train', 'trainer.epochs=1']\n"
+                      "train.cli()\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=ENV)
+    assert (done.returncode, done.stderr) == (130, ""), done.stderr
+
+
+def test_a_run_whose_stop_fails_a_library_in_its_cleanup_ends_interrupted_not_crashed(tmp_path):
+    """The same inside a run, as it opens its record: the run ends KILLED (interrupted), the
+    status of a Ctrl-C, not FAILED (crashed)."""
+    script = tmp_path / "recording.py"
+    script.write_text(CUT_MID_UPDATE + "import sys\nfrom pathlib import Path\n"
+                      "from mlp_experiments import tracking\n"
+                      "from mlp_experiments.errors import stop_on_signals\n"
+                      "tracking.Sender.follow = lambda folder: None  # its journal is read back\n"
+                      "tracking.RunRecord.start = cut_mid_update\n"
+                      "stop_on_signals()\n"
+                      "with tracking.RunRecord(None, Path(sys.argv[1])).recording(\n"
+                      "        None, {}, None, None, None):\n"
+                      "    pass\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert "AttributeError" in done.stderr, done.stderr  # on its way to the command's end
+    records = [json.loads(line) for line in (tmp_path / "run" / "journal.jsonl").open()]
+    assert [(r["kind"], r["outcome"]) for r in records] == [("end", "interrupted")]
 
 
 @pytest.mark.parametrize("delay_s", [0.1, 0.3, 0.6])

@@ -20,7 +20,13 @@ from omegaconf import DictConfig
 from mlp_experiments import cli
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.registry import register_configs
-from mlp_experiments.errors import UserError, exit_interrupted, exit_on_mistake, stop_on_signals
+from mlp_experiments.errors import (
+    UserError,
+    exit_interrupted,
+    exit_on_mistake,
+    stop_on_signals,
+    stops_over_errors,
+)
 from mlp_experiments.redact import redact
 from mlp_experiments.stores import check_database, sqlite_path
 from mlp_experiments.sweep import stages
@@ -317,10 +323,11 @@ def main(arguments: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         stop_on_signals()
-        try:
-            run_sweep(sys.argv[1:] if arguments is None else arguments)
-        except UserError as error:
-            exit_on_mistake(error)
+        with stops_over_errors():
+            try:
+                run_sweep(sys.argv[1:] if arguments is None else arguments)
+            except UserError as error:
+                exit_on_mistake(error)
     except KeyboardInterrupt as stop:
         print("interrupted: run the same command again to resume the study (the interrupted "
               "trial continues from its checkpoint)", file=sys.stderr)

@@ -19,7 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_experiments import WORKER_VARIABLE, cluster, tracking
 from mlp_experiments.config.compose import compose_config, with_values
 from mlp_experiments.config.registry import register_configs
-from mlp_experiments.errors import Terminated, interrupted_exit_code, stop_on_signals
+from mlp_experiments.errors import (
+    Terminated,
+    interrupted_exit_code,
+    stop_on_signals,
+    stops_over_errors,
+)
 from mlp_experiments.redact import redact
 from mlp_experiments.sweep.space import parse_space, suggest
 from mlp_experiments.sweep.spec import (
@@ -326,7 +331,8 @@ def worker_process(index: int) -> Iterator[None]:
         logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
         if handles_its_signals():
             stop_on_signals()
-        yield
+        with stops_over_errors():
+            yield
     except KeyboardInterrupt as stop:
         raise SystemExit(interrupted_exit_code(stop)) from None
 
