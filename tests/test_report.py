@@ -271,6 +271,19 @@ def test_two_seeds_apart_get_the_whole_range_as_their_interval_not_an_impossible
     assert "over 5 seeds" in five_seeds and "standard errors" not in five_seeds
 
 
+def test_a_gap_that_passes_its_own_test_but_not_holms_is_not_called_noise():
+    """a - b: paired p = 0.038 on its own, 0.077 after Holm over the two contrasts; its 95%
+    interval (not adjusted) excludes 0. Not "within noise": not shown to differ."""
+    summary = comparison_terminal_summary({"a": (0.850, 0.860, 0.855, 0.865, 0.858),
+                                           "b": (0.840, 0.852, 0.855, 0.850, 0.853),
+                                           "c": (0.852, 0.850, 0.860, 0.862, 0.850)})
+    assert ("a and b are not shown to differ: the gap passes its own test but not Holm's "
+            "correction for the report's other contrasts (a − b = +0.8 points of test accuracy, "
+            "95% CI +0.1 to +1.5; paired t-test over 5 seeds, p = 0.038, Holm-adjusted "
+            "p = 0.077).") in summary
+    assert "a and c are within noise of each other" in summary
+
+
 def test_variants_that_score_the_same_on_every_seed_are_said_to_be_the_same(tmp_path):
     """Log-softmax + NLL is cross-entropy: the same numbers on every seed, nothing to test."""
     study = optuna.create_study(direction="maximize")

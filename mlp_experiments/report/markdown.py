@@ -23,7 +23,15 @@ from mlp_experiments.report.figures import (
     tuning_figure,
 )
 from mlp_experiments.report.html import write_html
-from mlp_experiments.report.stats import Contrast, Summary, best_first, compare, holm, t_975
+from mlp_experiments.report.stats import (
+    ALPHA,
+    Contrast,
+    Summary,
+    best_first,
+    compare,
+    holm,
+    t_975,
+)
 from mlp_experiments.report.trials import (
     Variant,
     final,
@@ -104,6 +112,10 @@ def comparison_sentence(a: Variant, b: Variant, contrast: Contrast | None, task:
             f"{signed(contrast.low, task)} to {signed(contrast.high, task)}")
     test = (f"{contrast.test} over {contrast.seeds}, {p_value(contrast.p)}, "
             f"Holm-adjusted {p_value(contrast.adjusted_p)}")
+    if not contrast.real and contrast.p < ALPHA:  # its interval excludes 0, unadjusted
+        return (f"`{a.name}` and `{b.name}` are not shown to differ: the gap passes its own "
+                f"test but not Holm's correction for the report's other contrasts ({size}; "
+                f"{test}).")
     if not contrast.real:
         return f"`{a.name}` and `{b.name}` are within noise of each other ({size}; {test})."
     a_wins = (contrast.difference > 0) == higher_is_better(task.score)
