@@ -836,6 +836,30 @@ def test_a_run_whose_stop_fails_a_library_in_its_cleanup_ends_interrupted_not_cr
     assert [(r["kind"], r["outcome"]) for r in records] == [("end", "interrupted")]
 
 
+def test_a_trial_whose_stop_fails_a_library_in_its_cleanup_is_interrupted_and_queued_again():
+    """The same inside a sweep's trial: it is interrupted and queued again to resume, as after
+    a plain Ctrl-C, not an error that ends it for good."""
+    script = (CUT_MID_UPDATE.format(error="AttributeError") + "import optuna\n"
+              "from mlp_experiments.errors import stop_on_signals\n"
+              "from mlp_experiments.sweep import spec, worker\n"
+              "sweep = spec.load_sweep('search_mlp', [])\n"
+              "trainer = worker.TrialTrainer(sweep, [], worker.parse_space(sweep.space), None, "
+              "None)\n"
+              "trainer.train = cut_mid_update\n"
+              "study = optuna.create_study()\n"
+              "stop_on_signals()\n"
+              "try:\n"
+              "    study.optimize(trainer, n_trials=1)\n"
+              "except KeyboardInterrupt:\n"
+              "    print([(t.state.name, t.user_attrs) for t in study.trials])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr
+    (trials,) = [line for line in done.stdout.splitlines() if line.startswith("[(")]
+    assert "('FAIL', {" in trials and "'outcome': 'interrupted'" in trials, trials
+    assert "('WAITING', {'resumes': 0})" in trials, trials  # queued again, to resume
+
+
 @pytest.mark.parametrize("delay_s", [0.1, 0.3, 0.6])
 def test_ctrl_c_while_the_command_loads_ends_it_quietly(tmp_path, delay_s):
     """Ctrl-C to the whole group within its first second, while the training command and its
