@@ -3,6 +3,8 @@ trains it again and judges the rerun against the original, epoch by epoch; it re
 message what it cannot rebuild. Each test records its runs with the code of a clone of this
 repository (conftest.clone), so that the commit and the diff are the clone's."""
 
+import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +24,14 @@ DETERMINISTIC = ("trainer.deterministic=true", "trainer.epochs=2")
 def rerun(checkout, folder, *arguments):
     return with_code(checkout, folder, "rerun", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
                      *arguments, timeout=600)
+
+
+def sigint_pending(pid: int) -> bool:
+    """Does a SIGINT wait for the (stopped) process? (Its pending signals in /proc: a kill()
+    to a process is in ShdPnd, one to a thread in SigPnd.)"""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = re.findall(r"^(?:Sig|Shd)Pnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return any(int(mask, 16) & 1 << (signal.SIGINT - 1) for mask in pending)
 
 
 def worktrees(checkout) -> list[str]:
@@ -98,8 +108,11 @@ def test_an_edited_metric_is_reported_as_differing_at_its_epoch(clone, tmp_path)
 
 
 def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
-    # 40 epochs: the Ctrl-C must land while the rerun trains, after its first epoch, also when a
-    # busy machine starves this test's polling (8 epochs, about a second, were over before it)
+    """The Ctrl-C lands while the rerun trains: its training is frozen (SIGSTOP) after its first
+    epoch, before the Ctrl-C, so that no busy machine lets it finish first (its 40 epochs of
+    0.1 s were over before the test's Ctrl-C beside a second pytest worker)."""
+    import psutil
+
     original = train_from(clone, tmp_path, "data.train_size=5000",
                           "model.hidden_sizes=[256,256]", "trainer.epochs=40")
     command = [sys.executable, "-m", "mlp_experiments.rerun", f"rerun.run_id={original}",
@@ -109,14 +122,32 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env=code_environment(clone))
-    while "epoch 1/40" not in log.read_text():  # the rerun trains in its worktree
-        assert process.poll() is None, log.read_text()
-        time.sleep(0.2)
-    (_, rebuilt) = worktrees(clone)
-    process.send_signal(signal.SIGINT)  # to the command alone: it stops its training too
-    assert process.wait(timeout=300) == 130
+    try:
+        wait_for_line(log, "epoch 1/40", process)  # the rerun trains in its worktree
+        (training,) = [child for child in psutil.Process(process.pid).children()
+                       if "-c" in child.cmdline()]
+        training.suspend()
+        assert "epoch 40/40" not in log.read_text(), "the rerun trained to its end first"
+        (_, rebuilt) = worktrees(clone)
+        process.send_signal(signal.SIGINT)  # to the command alone: it stops its training too
+        deadline = time.monotonic() + 60
+        while not sigint_pending(training.pid):  # the command passes it on to its training
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        training.resume()
+        assert process.wait(timeout=300) == 130
+    finally:  # no stopped training outlives a failed test
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # stopped ones too
+            process.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
     assert len(worktrees(clone)) == 1 and not Path(rebuilt.split()[0]).exists()
+
+
+def wait_for_line(log: Path, line: str, process: subprocess.Popen) -> None:
+    while line not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.02)
 
 
 def test_bad_input_is_one_message_before_mlflow_or_torch_is_imported(clone, tmp_path):
