@@ -16,7 +16,7 @@ import pytest
 from conftest import FASHION_DIR
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from test_scaling import check_study, running_trial, sweep_yaml
+from test_scaling import check_study, frozen_running_trial, sweep_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/mlp-experiments:test"
@@ -111,6 +111,15 @@ def worker_container(image: str, work: Path, name: str, index: int, postgres: st
                             stderr=open(work.parent / f"worker{index}.log", "w"))
 
 
+def container_of(trial) -> str:
+    return trial.user_attrs["worker"].rsplit(":", 1)[0]  # the worker's hostname: its name
+
+
+def signal_container(trial, signal_name: str) -> None:
+    subprocess.run(["podman", "kill", "--signal", signal_name, container_of(trial)], check=True,
+                   capture_output=True)
+
+
 def test_a_sweep_worker_container_killed_mid_trial_loses_nothing(image, postgres,
                                                                  tracking_server, tmp_path):
     name, n_trials = "container_fault", 4
@@ -118,9 +127,10 @@ def test_a_sweep_worker_container_killed_mid_trial_loses_nothing(image, postgres
     sweep_yaml(work, name, ", data.train_size=20000, trainer.epochs=6", n_trials=n_trials)
     workers = [worker_container(image, work, name, index, postgres, tracking_server)
                for index in range(2)]
-    victim = running_trial(f"{postgres}/postgres", name)
-    container_name = victim.user_attrs["worker"].rsplit(":", 1)[0]  # its hostname
-    subprocess.run(["podman", "kill", container_name], check=True, capture_output=True)
+    victim = frozen_running_trial(f"{postgres}/postgres", name,
+                                  lambda trial: signal_container(trial, "STOP"),
+                                  lambda trial: signal_container(trial, "CONT"))
+    subprocess.run(["podman", "kill", container_of(victim)], check=True, capture_output=True)
 
     codes = sorted(worker.wait(timeout=600) for worker in workers)
     logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("worker*.log")))

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -37,12 +38,27 @@ def train_command(folder: Path, uri: str, *overrides: str) -> list[str]:
             f"trainer.checkpoint_dir={folder / 'checkpoints'}", *overrides]
 
 
+STARTED: list[subprocess.Popen] = []  # by this test, for its end
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A failed test's commands (stopped ones too) are killed, with their process groups."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    STARTED.clear()
+
+
 def start(command: list[str], folder: Path, log: str, env=ENV) -> subprocess.Popen:
     # its own process group, which a test may signal whole, as a terminal's Ctrl-C does
     with open(folder / log, "w") as output:
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     process.log, process.folder = folder / log, folder
+    STARTED.append(process)
     return process
 
 
@@ -501,8 +517,10 @@ n_trials: 3
             f"sweep.storage=sqlite:///{tmp_path / 'optuna.db'}", *extra]
 
 
-def running_trial(tmp_path: Path, name: str, epochs: int, process: subprocess.Popen):
-    """A trial RUNNING with `epochs` epochs reported, once there is one."""
+def running_trial(tmp_path: Path, name: str, epochs: int, process: subprocess.Popen,
+                  besides: set[int] = frozenset()):
+    """A trial RUNNING with `epochs` epochs reported (not one numbered in `besides`), once
+    there is one."""
     def ready():
         try:
             storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -511,8 +529,38 @@ def running_trial(tmp_path: Path, name: str, epochs: int, process: subprocess.Po
         except KeyError:
             return None
         return next((t for t in study.get_trials(states=(TrialState.RUNNING,))
-                     if len(t.intermediate_values) >= epochs), None)
+                     if len(t.intermediate_values) >= epochs and t.number not in besides), None)
     return wait_for(ready, process)
+
+
+def frozen_mid_trial(tmp_path: Path, name: str, sweep: subprocess.Popen, epochs: int):
+    """A trial RUNNING with 2 epochs reported, its sweep's processes frozen (SIGSTOP to the
+    group: SIGCONT thaws them) before the last of its `epochs` is logged. Polling the study
+    took a busy machine longer than a trial's other 6 epochs (the trial then ended before the
+    test's signal): a trial that got that far is let go and the next one taken."""
+    passed = set()
+    while True:
+        victim = running_trial(tmp_path, name, 2, sweep, besides=passed)
+        os.killpg(sweep.pid, signal.SIGSTOP)
+        if epochs_logged(sweep.log.read_text(), victim.number) < epochs:
+            return victim
+        os.killpg(sweep.pid, signal.SIGCONT)
+        passed.add(victim.number)
+
+
+def epochs_logged(log: str, number: int) -> int:
+    """The epochs a sweep's log shows of trial `number`: its worker's epoch lines after the
+    trial's header (`[worker 1] trial 3/6  ...`), up to that worker's next trial."""
+    lines = log.splitlines()
+    header = next(i for i, line in enumerate(lines)
+                  if re.match(rf"(\[worker \d+\] )?trial {number}/", line))
+    worker = re.escape(re.match(r"(\[worker \d+\] )?", lines[header]).group(0))
+    count = 0
+    for line in lines[header + 1:]:
+        if re.match(rf"{worker}trial \d+/", line):
+            break
+        count += bool(re.match(rf"{worker}epoch \d+/", line))
+    return count
 
 
 def child_runs(uri: str, name: str) -> list:
@@ -530,8 +578,9 @@ def test_a_killed_sweep_worker_is_closed_retried_from_its_checkpoint_and_summari
     # ended is test_sweep's retried-trial case).
     command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
     sweep = start(command, tmp_path, "sweep.log")
-    victim = running_trial(tmp_path, name, 2, sweep)
+    victim = frozen_mid_trial(tmp_path, name, sweep, 8)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    os.killpg(sweep.pid, signal.SIGCONT)
     code, log = finish(sweep, tmp_path, "sweep.log")
     assert code == 0, log  # the budget was met: the command summarises and succeeds
 
@@ -555,8 +604,9 @@ def test_sigint_to_a_sweep_records_the_interruption_and_the_next_command_resumes
     uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "interrupted"
     command = sweep_command(tmp_path, uri, name, "trainer.epochs=8")
     sweep = start(command, tmp_path, "first.log")
-    victim = running_trial(tmp_path, name, 2, sweep)
-    sweep.send_signal(signal.SIGINT)
+    victim = frozen_mid_trial(tmp_path, name, sweep, 8)
+    sweep.send_signal(signal.SIGINT)  # handled once it thaws, mid-trial
+    os.killpg(sweep.pid, signal.SIGCONT)
     code, log = finish(sweep, tmp_path, "first.log")
     assert code == 130 and "run the same command again to resume" in log
 

@@ -48,8 +48,12 @@ n_trials: {n_trials}
     return path
 
 
-def running_trial(storage: str, name: str):
-    """A trial RUNNING with an epoch reported, once there is one."""
+def frozen_running_trial(storage: str, name: str, freeze, thaw):
+    """A trial RUNNING with an epoch reported, its worker frozen (`freeze(trial)`, SIGSTOP)
+    while the trial still runs, checked once frozen: the study is polled every second, which
+    a busy machine can stretch past the trial's end. A trial that ended first is thawed
+    (`thaw(trial)`) and the next one taken."""
+    passed = set()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(1)
@@ -57,10 +61,21 @@ def running_trial(storage: str, name: str):
             trials = optuna.load_study(study_name=name, storage=storage).trials
         except KeyError:
             continue
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values
+                   and t.number not in passed]
         if running:
-            return running[0]
+            victim = running[0]
+            freeze(victim)
+            now = optuna.load_study(study_name=name, storage=storage).trials[victim.number]
+            if now.state == TrialState.RUNNING and "outcome" not in now.user_attrs:
+                return victim
+            thaw(victim)
+            passed.add(victim.number)
     raise AssertionError("no trial ran an epoch")
+
+
+def worker_pid(trial) -> int:
+    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])  # host:pid
 
 
 def check_study(postgres: str, mlflow_uri: str, name: str, n_trials: int = 6) -> list:
@@ -101,8 +116,10 @@ def test_a_worker_killed_mid_trial_loses_nothing(postgres, tracking_server, tmp_
     workers = start_workers(3, sweep_yaml(tmp_path, name, ", data.train_size=20000,"
                                           " trainer.epochs=6"),
                             postgres, tracking_server, name, tmp_path)
-    victim = running_trial(f"{postgres}/postgres", name)
-    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    victim = frozen_running_trial(f"{postgres}/postgres", name,
+                                  lambda trial: os.kill(worker_pid(trial), signal.SIGSTOP),
+                                  lambda trial: os.kill(worker_pid(trial), signal.SIGCONT))
+    pid = worker_pid(victim)
     os.kill(pid, signal.SIGKILL)
     wait_all([w for w in workers if w.pid != pid], tmp_path)
     trials = check_study(postgres, tracking_server, name)
