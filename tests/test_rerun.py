@@ -127,6 +127,9 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
         (training,) = [child for child in psutil.Process(process.pid).children()
                        if "-c" in child.cmdline()]
         training.suspend()
+        while not all(thread.status() == psutil.STATUS_STOPPED for thread in
+                      map(psutil.Process, (thread.id for thread in training.threads()))):
+            time.sleep(0.02)  # a thread not yet stopped would take the Ctrl-C, not hold it
         assert "epoch 40/40" not in log.read_text(), "the rerun trained to its end first"
         (_, rebuilt) = worktrees(clone)
         process.send_signal(signal.SIGINT)  # to the command alone: it stops its training too
