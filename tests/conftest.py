@@ -29,6 +29,13 @@ import pytest
 
 from mlp_experiments.config.compose import compose_config
 
+# A CI step started in the background ignores SIGINT, and every process started from it inherits
+# that: mlp-ui started so keeps ignoring a test's Ctrl-C (its SigIgn in /proc; seen once in CI,
+# a test waiting 60 s for it to stop). The suite's processes take Python's handler back, which,
+# unlike SIG_IGN, is reset to the default in the processes they start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The modules that take minutes, slowest first (the image's build counted in test_container):
 # pytest-xdist hands whole modules to its two workers in collection order (pyproject.toml), and
