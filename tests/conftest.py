@@ -29,24 +29,7 @@ import pytest
 
 from mlp_experiments.config.compose import compose_config
 
-# A CI step started in the background ignores SIGINT, and every process started from it inherits
-# that: mlp-ui started so keeps ignoring a test's Ctrl-C (its SigIgn in /proc; seen once in CI,
-# a test waiting 60 s for it to stop). The suite's processes take Python's handler back, which,
-# unlike SIG_IGN, is reset to the default in the processes they start.
-if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-# The modules that take minutes, slowest first (the image's build counted in test_container):
-# pytest-xdist hands whole modules to its two workers in collection order (pyproject.toml), and
-# a long one handed out last runs alone at the end while the other worker idles.
-SLOWEST_MODULES = ("test_faults", "test_container", "test_readme", "test_slurm", "test_sweep",
-                   "test_scaling", "test_rerun", "test_stages", "test_e2e", "test_browser")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: index for index, name in enumerate(SLOWEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: tests keep order
 
 
 REPO = Path(__file__).resolve().parents[1]
