@@ -173,6 +173,13 @@ def synthetic_cfg(workdir, tracking_uri, request):
     return make
 
 
+def worker_of(trial) -> tuple[str, int]:
+    """(host, pid) of the process that runs a sweep trial: its `worker` attribute,
+    `host:pid` with ` (Slurm job <id>)` under Slurm."""
+    host, _, pid = trial.user_attrs["worker"].partition(" (")[0].rpartition(":")
+    return host, int(pid)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

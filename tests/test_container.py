@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, worker_of
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_scaling import check_study, frozen_running_trial, sweep_yaml
@@ -111,12 +111,9 @@ def worker_container(image: str, work: Path, name: str, index: int, postgres: st
                             stderr=open(work.parent / f"worker{index}.log", "w"))
 
 
-def container_of(trial) -> str:
-    return trial.user_attrs["worker"].rsplit(":", 1)[0]  # the worker's hostname: its name
-
-
 def signal_container(trial, signal_name: str) -> None:
-    subprocess.run(["podman", "kill", "--signal", signal_name, container_of(trial)], check=True,
+    """Signal the container that runs the trial: its hostname is its name."""
+    subprocess.run(["podman", "kill", "--signal", signal_name, worker_of(trial)[0]], check=True,
                    capture_output=True)
 
 
@@ -130,7 +127,7 @@ def test_a_sweep_worker_container_killed_mid_trial_loses_nothing(image, postgres
     victim = frozen_running_trial(f"{postgres}/postgres", name,
                                   lambda trial: signal_container(trial, "STOP"),
                                   lambda trial: signal_container(trial, "CONT"))
-    subprocess.run(["podman", "kill", container_of(victim)], check=True, capture_output=True)
+    signal_container(victim, "KILL")
 
     codes = sorted(worker.wait(timeout=600) for worker in workers)
     logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("worker*.log")))

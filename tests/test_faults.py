@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+from conftest import default_sigint, free_port, worker_of
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -53,10 +53,12 @@ def no_process_outlives_its_test():
 
 
 def start(command: list[str], folder: Path, log: str, env=ENV) -> subprocess.Popen:
-    # its own process group, which a test may signal whole, as a terminal's Ctrl-C does
+    # its own process group, which a test may signal whole, as a terminal's Ctrl-C does, and
+    # the Ctrl-C a terminal gives it (conftest.default_sigint)
     with open(folder / log, "w") as output:
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=default_sigint)
     process.log, process.folder = folder / log, folder
     STARTED.append(process)
     return process
@@ -537,7 +539,8 @@ def frozen_mid_trial(tmp_path: Path, name: str, sweep: subprocess.Popen, epochs:
     """A trial RUNNING with 2 epochs reported, its sweep's processes frozen (SIGSTOP to the
     group: SIGCONT thaws them) before the last of its `epochs` is logged. Polling the study
     took a busy machine longer than a trial's other 6 epochs (the trial then ended before the
-    test's signal): a trial that got that far is let go and the next one taken."""
+    test's signal): a trial that got that far is let go and the next one taken. The check reads
+    the log, not the study: a frozen process may hold SQLite's lock on it."""
     passed = set()
     while True:
         victim = running_trial(tmp_path, name, 2, sweep, besides=passed)
@@ -579,7 +582,7 @@ def test_a_killed_sweep_worker_is_closed_retried_from_its_checkpoint_and_summari
     command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
     sweep = start(command, tmp_path, "sweep.log")
     victim = frozen_mid_trial(tmp_path, name, sweep, 8)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    os.kill(worker_of(victim)[1], signal.SIGKILL)
     os.killpg(sweep.pid, signal.SIGCONT)
     code, log = finish(sweep, tmp_path, "sweep.log")
     assert code == 0, log  # the budget was met: the command summarises and succeeds
@@ -915,13 +918,8 @@ def test_ctrl_c_while_the_command_loads_ends_it_quietly(tmp_path, delay_s):
     """Ctrl-C to the whole group within its first second, while the training command and its
     sender are still importing (seconds on a busy machine): exit 130 and no traceback from
     either, no run left RUNNING."""
-    from conftest import default_sigint
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with open(tmp_path / "train.log", "w") as output:
-        process = subprocess.Popen(train_command(tmp_path, uri), cwd=tmp_path, env=ENV,
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=default_sigint)
+    process = start(train_command(tmp_path, uri), tmp_path, "train.log")
     time.sleep(delay_s)
     os.killpg(process.pid, signal.SIGINT)
     code, log = finish(process, tmp_path, "train.log")
@@ -932,15 +930,9 @@ def test_ctrl_c_while_the_command_loads_ends_it_quietly(tmp_path, delay_s):
 def test_ctrl_c_while_a_sweeps_workers_load_ends_it_quietly(tmp_path):
     """Ctrl-C to the whole group while the worker processes load (they import torch and Optuna
     for seconds): exit 130 and no traceback from the command or a worker."""
-    from conftest import default_sigint
-
     command = sweep_command(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "loading",
                             "sweep.n_workers=2")
-    with open(tmp_path / "sweep.log", "w") as output:
-        process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=default_sigint)
-    process.log = tmp_path / "sweep.log"
+    process = start(command, tmp_path, "sweep.log")
 
     def workers_started() -> bool:
         return any("--multiprocessing-fork" in command

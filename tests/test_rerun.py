@@ -10,11 +10,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from conftest import code_environment, git, train_from, with_code, write_tiny_release
+from conftest import (
+    code_environment,
+    default_sigint,
+    git,
+    train_from,
+    with_code,
+    write_tiny_release,
+)
 from mlflow import MlflowClient
+from test_faults import wait_for
 
 from mlp_experiments.rerun.verdict import compare
 
@@ -109,8 +116,9 @@ def test_an_edited_metric_is_reported_as_differing_at_its_epoch(clone, tmp_path)
 
 def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
     """The Ctrl-C lands while the rerun trains: its training is frozen (SIGSTOP) after its first
-    epoch, before the Ctrl-C, so that no busy machine lets it finish first (its 40 epochs of
-    0.1 s were over before the test's Ctrl-C beside a second pytest worker)."""
+    epoch, before the Ctrl-C, so that no busy machine lets it finish first. The command gets a
+    terminal's Ctrl-C (default_sigint): started from a CI step's background job it inherited
+    SIGINT ignored, and never passed the Ctrl-C on (seen in CI under two pytest workers)."""
     import psutil
 
     original = train_from(clone, tmp_path, "data.train_size=5000",
@@ -121,22 +129,20 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env=code_environment(clone))
+                                   env=code_environment(clone), preexec_fn=default_sigint)
+    process.log = log  # what wait_for shows if the command ends too soon
     try:
-        wait_for_line(log, "epoch 1/40", process)  # the rerun trains in its worktree
+        wait_for(lambda: "epoch 1/40" in log.read_text(), process, every=0.02)  # in its worktree
         (training,) = [child for child in psutil.Process(process.pid).children()
                        if "-c" in child.cmdline()]
         training.suspend()
-        while not all(thread.status() == psutil.STATUS_STOPPED for thread in
-                      map(psutil.Process, (thread.id for thread in training.threads()))):
-            time.sleep(0.02)  # a thread not yet stopped would take the Ctrl-C, not hold it
+        threads = [psutil.Process(thread.id) for thread in training.threads()]
+        # a thread not yet stopped would take the Ctrl-C, not hold it
+        wait_for(lambda: all(t.status() == psutil.STATUS_STOPPED for t in threads), every=0.02)
         assert "epoch 40/40" not in log.read_text(), "the rerun trained to its end first"
         (_, rebuilt) = worktrees(clone)
         process.send_signal(signal.SIGINT)  # to the command alone: it stops its training too
-        deadline = time.monotonic() + 60
-        while not sigint_pending(training.pid):  # the command passes it on to its training
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
+        wait_for(lambda: sigint_pending(training.pid), process, timeout=60, every=0.02)
         training.resume()
         assert process.wait(timeout=300) == 130
     finally:  # no stopped training outlives a failed test
@@ -145,12 +151,6 @@ def test_ctrl_c_during_a_rerun_removes_its_worktree(clone, tmp_path):
             process.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
     assert len(worktrees(clone)) == 1 and not Path(rebuilt.split()[0]).exists()
-
-
-def wait_for_line(log: Path, line: str, process: subprocess.Popen) -> None:
-    while line not in log.read_text():
-        assert process.poll() is None, log.read_text()
-        time.sleep(0.02)
 
 
 def test_bad_input_is_one_message_before_mlflow_or_torch_is_imported(clone, tmp_path):

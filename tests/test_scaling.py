@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+from conftest import worker_of
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -74,10 +75,6 @@ def frozen_running_trial(storage: str, name: str, freeze, thaw):
     raise AssertionError("no trial ran an epoch")
 
 
-def worker_pid(trial) -> int:
-    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])  # host:pid
-
-
 def check_study(postgres: str, mlflow_uri: str, name: str, n_trials: int = 6) -> list:
     """The study has exactly n_trials complete, each with its FINISHED child run, and no child
     run is left RUNNING."""
@@ -117,9 +114,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(postgres, tracking_server, tmp_
                                           " trainer.epochs=6"),
                             postgres, tracking_server, name, tmp_path)
     victim = frozen_running_trial(f"{postgres}/postgres", name,
-                                  lambda trial: os.kill(worker_pid(trial), signal.SIGSTOP),
-                                  lambda trial: os.kill(worker_pid(trial), signal.SIGCONT))
-    pid = worker_pid(victim)
+                                  lambda trial: os.kill(worker_of(trial)[1], signal.SIGSTOP),
+                                  lambda trial: os.kill(worker_of(trial)[1], signal.SIGCONT))
+    pid = worker_of(victim)[1]
     os.kill(pid, signal.SIGKILL)
     wait_all([w for w in workers if w.pid != pid], tmp_path)
     trials = check_study(postgres, tracking_server, name)

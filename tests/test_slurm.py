@@ -19,10 +19,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+from conftest import free_port, worker_of
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from test_faults import child_runs, runs, steps, wait_for
+from test_faults import child_runs, running_trial, runs, steps, wait_for
 
 from mlp_experiments.stores import sqlite_lock
 from mlp_experiments.sweep.study import FINISHED_OUTCOMES, mlflow_run_of
@@ -269,21 +269,14 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
                             "trainer.epochs=14")
     sweep = start(slurm, command, tmp_path, "sweep.log")
 
-    def running_for_a_while():
-        try:
-            trials = load(tmp_path, name).get_trials(states=(TrialState.RUNNING,))
-        except KeyError:
-            return None
-        return next((t for t in trials if len(t.intermediate_values) >= 2), None)
-
-    victim = wait_for(running_for_a_while, sweep, timeout=240, every=0.5)
-    worker, job = victim.user_attrs["worker"].removesuffix(")").split(" (Slurm job ")
+    victim = running_trial(tmp_path, name, 2, sweep)
+    job = victim.user_attrs["worker"].removesuffix(")").split(" (Slurm job ")[1]
     # Slurm cancels a job with SIGCONT and SIGTERM, which submitit ignores, and SIGKILL
     # KillWait later. The test sends that SIGKILL itself (the one node is this machine), at a
     # known epoch of the trial, then cancels the job: waiting for Slurm's let the worker train
     # on to its trial's end and into the next one (seen in CI, at 0.3 s an epoch; a worker
     # frozen first is woken by the SIGCONT).
-    os.kill(int(worker.rpartition(":")[2]), signal.SIGKILL)
+    os.kill(worker_of(victim)[1], signal.SIGKILL)
     assert load(tmp_path, name).trials[victim.number].state == TrialState.RUNNING
     slurm.run("scancel", job)
     finish(sweep, tmp_path, "sweep.log")

@@ -70,17 +70,7 @@ class TrialTrainer:
                                       + (f" (Slurm job {slurm_job})" if slurm_job else ""))
         try:
             with stops_over_errors():  # an error a stop caused: the trial is interrupted
-                params = {"variant": trial.suggest_categorical("variant",
-                                                               list(self.sweep.variants))} \
-                    if self.sweep.variants else {}
-                params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
-                composed, values = trial_overrides(self.sweep, self.training, params)
-                trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
-                log.info("trial %d/%d  %s", trial.number, self.n_trials, describe(params))
-                value = self.train(trial, self.config(composed, values), params)
-                log.info("trial %d %s: %s %.4f", trial.number, trial.user_attrs["outcome"],
-                         self.sweep.metric, value)
-                return value
+                return self.run(trial)
         except optuna.TrialPruned:
             log.info("trial %d %s after epoch %d", trial.number, trial.user_attrs["outcome"],
                      len(trial.user_attrs["history"]))
@@ -96,6 +86,19 @@ class TrialTrainer:
         except Exception:
             trial.set_user_attr("outcome", "error")
             raise
+
+    def run(self, trial) -> float:
+        """The trial's values (its variant, its sampled parameters), then its training."""
+        params = {"variant": trial.suggest_categorical("variant", list(self.sweep.variants))} \
+            if self.sweep.variants else {}
+        params |= {key: suggest(trial, key, d) for key, d in self.distributions.items()}
+        composed, values = trial_overrides(self.sweep, self.training, params)
+        trial.set_user_attr("overrides", [redact(o) for o in (*composed, *values)])
+        log.info("trial %d/%d  %s", trial.number, self.n_trials, describe(params))
+        value = self.train(trial, self.config(composed, values), params)
+        log.info("trial %d %s: %s %.4f", trial.number, trial.user_attrs["outcome"],
+                 self.sweep.metric, value)
+        return value
 
     def config(self, composed: list[str], values: list[str]) -> DictConfig:
         """The trial's config: what compose_config([*composed, *values]) gives, with the
