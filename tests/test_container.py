@@ -103,8 +103,8 @@ def test_an_image_rebuilt_at_another_commit_records_that_commit(image):
     commit's comes from the cache: the image must still say the new commit (podman reused the
     cached ENV layer, and the image recorded the commit of the build before)."""
     rebuilt = f"{image}-rebuilt"
-    try:
-        for commit in ("0" * 40, "1" * 40):
+    for commit in ("0" * 40, "1" * 40):
+        try:
             build = subprocess.run([str(ROOT / "docker" / "build.sh"), rebuilt, "--build-arg",
                                     f"GIT_COMMIT={commit}"], capture_output=True, text=True,
                                    timeout=1800)
@@ -114,8 +114,8 @@ def test_an_image_rebuilt_at_another_commit_records_that_commit(image):
                  "{{range .Config.Env}}{{println .}}{{end}}"],
                 capture_output=True, text=True, check=True).stdout.split()
             assert f"MLP_EXPERIMENTS_GIT_COMMIT={commit}" in environment
-    finally:
-        subprocess.run(["podman", "rmi", "--force", rebuilt], capture_output=True)
+        finally:  # with the layers of its commit, which no other image uses
+            subprocess.run(["podman", "rmi", "--force", rebuilt], capture_output=True)
 
 
 def worker_container(image: str, work: Path, name: str, index: int, postgres: str,
