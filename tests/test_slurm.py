@@ -199,8 +199,14 @@ def finish(process: subprocess.Popen, folder: Path, log: str) -> str:
         process.wait()
         raise
     output = (folder / log).read_text()
-    assert code == 0, output
+    assert code == 0, output + job_errors(folder)
     return output
+
+
+def job_errors(folder: Path) -> str:
+    """The end of each Slurm job's stderr under `folder`: where a failed job says why."""
+    return "".join(f"\n--- {path}\n{path.read_text()[-2000:]}"
+                   for path in sorted(folder.rglob("*_log.err")))
 
 
 STALL_S = 300  # a wait fails after this long without progress (a new epoch, a released job)
