@@ -36,16 +36,43 @@ def stop_on_signals() -> None:
     run RUNNING). SIGKILL still ends it at once. Call it in the `try` whose
     `except KeyboardInterrupt` ends the command: a Ctrl-C held while it loaded is raised here."""
 
-    def stop(signum: int, _frame) -> None:
+    def stop(signum: int, frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _received.append(signum)
-        raise_if_stopped()
+        raise_outside_sqlalchemy(frame)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if held_signals:  # a Ctrl-C while the command loaded (mlp_experiments/__init__.py)
         stop(held_signals[0], None)
+
+
+def raise_outside_sqlalchemy(frame) -> None:
+    """Raise the stop, unless it landed in SQLAlchemy's own Python code (the milliseconds it
+    spends between two calls of the database driver): then again every 50 ms until it lands
+    outside. Raised while SQLAlchemy reads a SQLite result, the stop leaves the result's cursor
+    unread, and its lock holds back every writer of that file (the study's other workers, this
+    worker's own heartbeat) for as long as the stop's traceback lives: seen in CI as a sweep
+    worker's heartbeat failing with "database is locked" after 60 s. A stop in the driver's
+    wait for a server (psycopg) is raised at once: that wait can be long."""
+    if in_sqlalchemy(frame):
+        signal.signal(signal.SIGALRM, lambda _signum, later: raise_outside_sqlalchemy(later))
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    raise_if_stopped()
+
+
+def in_sqlalchemy(frame) -> bool:
+    """Is the frame's stack in SQLAlchemy, with no database driver's frame above it?"""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("psycopg"):
+            return False
+        if module.startswith("sqlalchemy"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def raise_if_stopped() -> None:

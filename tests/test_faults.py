@@ -783,6 +783,49 @@ def test_a_stop_inside_code_that_exec_runs_still_exits_with_the_signals_code(tmp
     assert (done.returncode, done.stdout, done.stderr) == (128 + signum, "closed\n", "")
 
 
+STOPPED_WHILE_SQLALCHEMY_READS = """
+import ctypes, functools, os, signal, sqlite3, sys, time
+import sqlalchemy
+from mlp_experiments.errors import stop_on_signals
+
+engine = sqlalchemy.create_engine(f"sqlite:///{sys.argv[1]}")
+
+@sqlalchemy.event.listens_for(engine, "connect")
+def stop_in_a_query(connection, _record):
+    # SIGTERM from inside SQLite's step, by C alone: Python takes it as the query returns.
+    kill = functools.partial(ctypes.CDLL(None).kill, os.getpid(), signal.SIGTERM)
+    connection.create_function("stop", 0, kill)
+
+with engine.begin() as connection:
+    connection.exec_driver_sql("CREATE TABLE rows (id INTEGER)")
+    connection.exec_driver_sql("INSERT INTO rows VALUES " + ",".join(["(1)"] * 1000))
+stop_on_signals()
+try:
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT stop(), id FROM rows").all()
+    time.sleep(10)
+except KeyboardInterrupt as stop:  # kept while the command closes its records
+    other = sqlite3.connect(sys.argv[1], timeout=1)
+    try:
+        other.execute("INSERT INTO rows VALUES (0)")
+        other.commit()
+        print(type(stop).__name__, "another writer wrote", flush=True)
+    except sqlite3.OperationalError as error:
+        print(type(stop).__name__, "another writer:", error, flush=True)
+"""
+
+
+def test_a_stop_while_sqlalchemy_reads_a_sqlite_result_waits_until_the_result_is_read(tmp_path):
+    """A stop raised inside SQLAlchemy's reading of a SQLite result left its cursor unread,
+    holding the file's lock for as long as the stop lived: an interrupted sweep worker's own
+    heartbeat, and its study's other workers, waited 60 s and failed (two-worker CI run). The
+    stop is raised once the read is done, and the file takes another writer."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_SQLALCHEMY_READS,
+                           str(tmp_path / "study.db")], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert (done.stdout, done.stderr) == ("Terminated another writer wrote\n", "")
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_a_signal_at_a_random_moment_leaves_the_run_with_its_true_status(tmp_path, seed):
     """Seeded random faults: SIGINT or SIGTERM, to the training process or to its whole group
