@@ -9,8 +9,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
@@ -36,34 +37,40 @@ def stop_on_signals() -> None:
     run RUNNING). SIGKILL still ends it at once. Call it in the `try` whose
     `except KeyboardInterrupt` ends the command: a Ctrl-C held while it loaded is raised here."""
 
-    def stop(signum: int, frame) -> None:
+    def stop(signum: int, _frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _received.append(signum)
-        raise_outside_sqlalchemy(frame)
+        raise_if_stopped()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, outside_sqlalchemy(stop))
+    signal.signal(signal.SIGTERM, outside_sqlalchemy(stop))
     if held_signals:  # a Ctrl-C while the command loaded (mlp_experiments/__init__.py)
         stop(held_signals[0], None)
 
 
-def raise_outside_sqlalchemy(frame) -> None:
-    """Raise the stop, unless it landed in SQLAlchemy's own Python code (the milliseconds it
-    spends between two calls of the database driver): then again every 50 ms until it lands
-    outside. Raised while SQLAlchemy reads a SQLite result, the stop leaves the result's cursor
-    unread, and its lock holds back every writer of that file (the study's other workers, this
-    worker's own heartbeat) for as long as the stop's traceback lives: seen in CI as a sweep
-    worker's heartbeat failing with "database is locked" after 60 s. A stop in the driver's
-    wait for a server (psycopg) is raised at once: that wait can be long."""
-    if in_sqlalchemy(frame):
-        signal.signal(signal.SIGALRM, lambda _signum, later: raise_outside_sqlalchemy(later))
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        return
-    raise_if_stopped()
+def outside_sqlalchemy(handler: Callable[[int, FrameType | None], None]):
+    """The signal handler `handler`, run at once unless the signal landed in SQLAlchemy's own
+    Python code (the milliseconds it spends between two calls of the database driver): then
+    again every 50 ms until it lands outside. A stop (KeyboardInterrupt, submitit's SystemExit)
+    raised there made SQLAlchemy drop the connection with its SQLite statement unfinished: the
+    file stayed locked for every other writer (the study's other workers, the worker's own
+    heartbeat and its records of the stop) as long as the stop's traceback lived, and each
+    waited 60 s and failed (seen in CI). A signal in the driver's wait for a server (psycopg)
+    runs at once: that wait can be long."""
+
+    def deferred(signum: int, frame: FrameType | None) -> None:
+        if in_sqlalchemy(frame):
+            signal.signal(signal.SIGALRM, lambda _alarm, later: deferred(signum, later))
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)  # a second signal came first: runs once
+        handler(signum, frame)
+
+    return deferred
 
 
-def in_sqlalchemy(frame) -> bool:
+def in_sqlalchemy(frame: FrameType | None) -> bool:
     """Is the frame's stack in SQLAlchemy, with no database driver's frame above it?"""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")

@@ -786,26 +786,29 @@ def test_a_stop_inside_code_that_exec_runs_still_exits_with_the_signals_code(tmp
 STOPPED_WHILE_SQLALCHEMY_READS = """
 import ctypes, functools, os, signal, sqlite3, sys, time
 import sqlalchemy
-from mlp_experiments.errors import stop_on_signals
+from mlp_experiments.errors import outside_sqlalchemy, stop_on_signals
 
-engine = sqlalchemy.create_engine(f"sqlite:///{sys.argv[1]}")
+database, signum = sys.argv[1], getattr(signal, sys.argv[2])
+
+engine = sqlalchemy.create_engine(f"sqlite:///{database}")
 
 @sqlalchemy.event.listens_for(engine, "connect")
 def stop_in_a_query(connection, _record):
-    # SIGTERM from inside SQLite's step, by C alone: Python takes it as the query returns.
-    kill = functools.partial(ctypes.CDLL(None).kill, os.getpid(), signal.SIGTERM)
+    # The signal from inside SQLite's step, by C alone: Python takes it as the query returns.
+    kill = functools.partial(ctypes.CDLL(None).kill, os.getpid(), signum)
     connection.create_function("stop", 0, kill)
 
 with engine.begin() as connection:
     connection.exec_driver_sql("CREATE TABLE rows (id INTEGER)")
     connection.exec_driver_sql("INSERT INTO rows VALUES " + ",".join(["(1)"] * 1000))
-stop_on_signals()
+stop_on_signals()  # SIGTERM; SIGUSR2 as a Slurm worker has submitit handle it (SlurmWorker)
+signal.signal(signal.SIGUSR2, outside_sqlalchemy(lambda _signum, _frame: sys.exit(-1)))
 try:
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT stop(), id FROM rows").all()
     time.sleep(10)
-except KeyboardInterrupt as stop:  # kept while the command closes its records
-    other = sqlite3.connect(sys.argv[1], timeout=1)
+except (KeyboardInterrupt, SystemExit) as stop:  # kept while the command closes its records
+    other = sqlite3.connect(database, timeout=1)
     try:
         other.execute("INSERT INTO rows VALUES (0)")
         other.commit()
@@ -815,15 +818,18 @@ except KeyboardInterrupt as stop:  # kept while the command closes its records
 """
 
 
-def test_a_stop_while_sqlalchemy_reads_a_sqlite_result_waits_until_the_result_is_read(tmp_path):
-    """A stop raised inside SQLAlchemy's reading of a SQLite result left its cursor unread,
-    holding the file's lock for as long as the stop lived: an interrupted sweep worker's own
-    heartbeat, and its study's other workers, waited 60 s and failed (two-worker CI run). The
-    stop is raised once the read is done, and the file takes another writer."""
+@pytest.mark.parametrize(("signal_name", "stop"), [("SIGTERM", "Terminated"),
+                                                    ("SIGUSR2", "SystemExit")])
+def test_a_stop_in_sqlalchemys_code_waits_until_sqlalchemy_returns(tmp_path, signal_name, stop):
+    """A stop raised in SQLAlchemy's code as a SQLite query returned left the statement
+    unfinished, holding the file's lock for as long as the stop lived: an interrupted sweep
+    worker's own heartbeat and records of the stop, and its study's other workers, waited 60 s
+    and failed (two-worker CI run). The stop is raised once SQLAlchemy returns, and the file
+    takes another writer."""
     done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_SQLALCHEMY_READS,
-                           str(tmp_path / "study.db")], capture_output=True, text=True,
-                          timeout=120, env=ENV)
-    assert (done.stdout, done.stderr) == ("Terminated another writer wrote\n", "")
+                           str(tmp_path / "study.db"), signal_name], capture_output=True,
+                          text=True, timeout=120, env=ENV)
+    assert (done.stdout, done.stderr) == (f"{stop} another writer wrote\n", "")
 
 
 @pytest.mark.parametrize("seed", range(5))

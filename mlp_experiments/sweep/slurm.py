@@ -12,6 +12,7 @@ one (it follows the study and squeue, not submitit's result files).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_experiments.cluster import check_fits_partition
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.hydra_node import check_launcher_settings
-from mlp_experiments.errors import UserError
+from mlp_experiments.errors import UserError, outside_sqlalchemy
 from mlp_experiments.sweep.study import closed_trials
 from mlp_experiments.sweep.worker import ParentRun
 
@@ -77,6 +78,11 @@ class SlurmWorker(submitit.helpers.Checkpointable):
     def __call__(self, index: int) -> None:
         from mlp_experiments.sweep.worker import run_worker
 
+        # submitit's requeue exits (SystemExit) from its signal's handler, where it lands. The
+        # signal is SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another; only a private
+        # classmethod says which.
+        preempted = submitit.JobEnvironment._usr_sig()
+        signal.signal(preempted, outside_sqlalchemy(signal.getsignal(preempted)))
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
         run_worker(self.sweep, self.training, self.parent_run_id, self.tracking_uri, threads,
                    self.deadline, index)
