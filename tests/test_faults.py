@@ -788,7 +788,7 @@ import ctypes, functools, os, signal, sqlite3, sys, time
 import sqlalchemy
 from mlp_experiments.errors import outside_sqlalchemy, stop_on_signals
 
-database, signum = sys.argv[1], getattr(signal, sys.argv[2])
+database, signum, twice = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3] == "twice"
 
 engine = sqlalchemy.create_engine(f"sqlite:///{database}")
 
@@ -806,8 +806,11 @@ signal.signal(signal.SIGUSR2, outside_sqlalchemy(lambda _signum, _frame: sys.exi
 try:
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT stop(), id FROM rows").all()
+    if twice:  # the second before the first is retried: it stops the command, once
+        os.kill(os.getpid(), signum)
     time.sleep(10)
 except (KeyboardInterrupt, SystemExit) as stop:  # kept while the command closes its records
+    time.sleep(0.2)
     other = sqlite3.connect(database, timeout=1)
     try:
         other.execute("INSERT INTO rows VALUES (0)")
@@ -818,16 +821,18 @@ except (KeyboardInterrupt, SystemExit) as stop:  # kept while the command closes
 """
 
 
+@pytest.mark.parametrize("times", ["once", "twice"])
 @pytest.mark.parametrize(("signal_name", "stop"), [("SIGTERM", "Terminated"),
                                                     ("SIGUSR2", "SystemExit")])
-def test_a_stop_in_sqlalchemys_code_waits_until_sqlalchemy_returns(tmp_path, signal_name, stop):
+def test_a_stop_in_sqlalchemys_code_waits_until_sqlalchemy_returns(tmp_path, signal_name, stop,
+                                                                   times):
     """A stop raised in SQLAlchemy's code as a SQLite query returned left the statement
     unfinished, holding the file's lock for as long as the stop lived: an interrupted sweep
     worker's own heartbeat and records of the stop, and its study's other workers, waited 60 s
     and failed (two-worker CI run). The stop is raised once SQLAlchemy returns, and the file
-    takes another writer."""
+    takes another writer. A second signal before the first is retried stops it once."""
     done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_SQLALCHEMY_READS,
-                           str(tmp_path / "study.db"), signal_name], capture_output=True,
+                           str(tmp_path / "study.db"), signal_name, times], capture_output=True,
                           text=True, timeout=120, env=ENV)
     assert (done.stdout, done.stderr) == (f"{stop} another writer wrote\n", "")
 
