@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -173,11 +174,18 @@ def synthetic_cfg(workdir, tracking_uri, request):
     return make
 
 
-def worker_of(trial) -> tuple[str, int]:
-    """(host, pid) of the process that runs a sweep trial: its `worker` attribute,
-    `host:pid` with ` (Slurm job <id>)` under Slurm."""
-    host, _, pid = trial.user_attrs["worker"].partition(" (")[0].rpartition(":")
-    return host, int(pid)
+class Worker(NamedTuple):
+    host: str
+    pid: int
+    slurm_job: str | None
+
+
+def worker_of(trial) -> Worker:
+    """The process that runs a sweep trial, from its `worker` attribute: `host:pid`, with
+    ` (Slurm job <id>)` under Slurm."""
+    process, _, job = trial.user_attrs["worker"].removesuffix(")").partition(" (Slurm job ")
+    host, _, pid = process.rpartition(":")
+    return Worker(host, int(pid), job or None)
 
 
 def free_port() -> int:

@@ -34,8 +34,9 @@ def head_commit() -> str:
                           text=True).stdout.strip()
 
 
-def image_id(name: str) -> str | None:
-    found = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", name],
+def inspect(image: str, template: str) -> str | None:
+    """What podman says of the image by a Go template; None where there is no such image."""
+    found = subprocess.run(["podman", "image", "inspect", "--format", template, image],
                            capture_output=True, text=True)
     return found.stdout.strip() if found.returncode == 0 else None
 
@@ -45,7 +46,7 @@ def image() -> str:
     """The project's image, built by docker/build.sh (which makes the Debian base once). The
     image it replaces is removed with its layers: every run on a new lock or checkout would
     otherwise leave ~7 GB behind, until a build runs out of disk."""
-    replaced = image_id(IMAGE)
+    replaced = inspect(IMAGE, "{{.Id}}")
     build = subprocess.run([str(ROOT / "docker" / "build.sh"), IMAGE], capture_output=True,
                            text=True, timeout=1800)
     output = build.stdout[-3000:] + build.stderr[-3000:]
@@ -57,7 +58,7 @@ def image() -> str:
                     "needs about 14 GB while it writes its 6.5 GB dependency layer; free some "
                     "(podman image prune) and rerun")
     assert build.returncode == 0, output
-    if replaced not in (None, image_id(IMAGE)):
+    if replaced not in (None, inspect(IMAGE, "{{.Id}}")):
         subprocess.run(["podman", "rmi", replaced], capture_output=True)
     return IMAGE
 
@@ -109,10 +110,7 @@ def test_an_image_rebuilt_at_another_commit_records_that_commit(image):
                                     f"GIT_COMMIT={commit}"], capture_output=True, text=True,
                                    timeout=1800)
             assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-            environment = subprocess.run(
-                ["podman", "image", "inspect", rebuilt, "--format",
-                 "{{range .Config.Env}}{{println .}}{{end}}"],
-                capture_output=True, text=True, check=True).stdout.split()
+            environment = inspect(rebuilt, "{{range .Config.Env}}{{println .}}{{end}}").split()
             assert f"MLP_EXPERIMENTS_GIT_COMMIT={commit}" in environment
         finally:  # with the layers of its commit, which no other image uses
             subprocess.run(["podman", "rmi", "--force", rebuilt], capture_output=True)
@@ -132,7 +130,7 @@ def worker_container(image: str, work: Path, name: str, index: int, postgres: st
 
 def signal_container(trial, signal_name: str) -> None:
     """Signal the container that runs the trial: its hostname is its name."""
-    subprocess.run(["podman", "kill", "--signal", signal_name, worker_of(trial)[0]], check=True,
+    subprocess.run(["podman", "kill", "--signal", signal_name, worker_of(trial).host], check=True,
                    capture_output=True)
 
 

@@ -582,7 +582,7 @@ def test_a_killed_sweep_worker_is_closed_retried_from_its_checkpoint_and_summari
     command = sweep_command(tmp_path, uri, name, "sweep.n_workers=2", "trainer.epochs=8")
     sweep = start(command, tmp_path, "sweep.log")
     victim = frozen_mid_trial(tmp_path, name, sweep, 8)
-    os.kill(worker_of(victim)[1], signal.SIGKILL)
+    os.kill(worker_of(victim).pid, signal.SIGKILL)
     os.killpg(sweep.pid, signal.SIGCONT)
     code, log = finish(sweep, tmp_path, "sweep.log")
     assert code == 0, log  # the budget was met: the command summarises and succeeds

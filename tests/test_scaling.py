@@ -114,9 +114,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(postgres, tracking_server, tmp_
                                           " trainer.epochs=6"),
                             postgres, tracking_server, name, tmp_path)
     victim = frozen_running_trial(f"{postgres}/postgres", name,
-                                  lambda trial: os.kill(worker_of(trial)[1], signal.SIGSTOP),
-                                  lambda trial: os.kill(worker_of(trial)[1], signal.SIGCONT))
-    pid = worker_of(victim)[1]
+                                  lambda trial: os.kill(worker_of(trial).pid, signal.SIGSTOP),
+                                  lambda trial: os.kill(worker_of(trial).pid, signal.SIGCONT))
+    pid = worker_of(victim).pid
     os.kill(pid, signal.SIGKILL)
     wait_all([w for w in workers if w.pid != pid], tmp_path)
     trials = check_study(postgres, tracking_server, name)

@@ -276,15 +276,15 @@ def test_a_worker_cancelled_mid_trial_has_its_trial_retried_from_its_checkpoint(
     sweep = start(slurm, command, tmp_path, "sweep.log")
 
     victim = running_trial(tmp_path, name, 2, sweep)
-    job = victim.user_attrs["worker"].removesuffix(")").split(" (Slurm job ")[1]
+    worker = worker_of(victim)
     # Slurm cancels a job with SIGCONT and SIGTERM, which submitit ignores, and SIGKILL
     # KillWait later. The test sends that SIGKILL itself (the one node is this machine), at a
     # known epoch of the trial, then cancels the job: waiting for Slurm's let the worker train
     # on to its trial's end and into the next one (seen in CI, at 0.3 s an epoch; a worker
     # frozen first is woken by the SIGCONT).
-    os.kill(worker_of(victim)[1], signal.SIGKILL)
+    os.kill(worker.pid, signal.SIGKILL)
     assert load(tmp_path, name).trials[victim.number].state == TrialState.RUNNING
-    slurm.run("scancel", job)
+    slurm.run("scancel", worker.slurm_job)
     finish(sweep, tmp_path, "sweep.log")
 
     study = load(tmp_path, name)

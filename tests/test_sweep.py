@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from conftest import worker_of
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -502,7 +503,7 @@ def test_worker_processes_serve_every_stage_and_one_lost_between_stages_is_repla
     for sweep, pool in ((first, before), (second, after)):
         study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
-        pids = {int(t.user_attrs["worker"].rsplit(":")[-1]) for t in study.trials}
+        pids = {worker_of(t).pid for t in study.trials}
         assert pids <= {process.pid for process in pool.values()}
 
 
