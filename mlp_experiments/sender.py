@@ -1,12 +1,14 @@
 """Ships run journals (tracking.Journal) to MLflow, each record exactly once, through `follow`:
 in the sender process every training process starts (journal folders on its stdin) and in
 `mlp-sync` (sync.py). A folder's `sent.json` holds the MLflow run and how many records reached
-it. A sender that did not write the last mark itself (it starts, or a call failed: the store
-may have taken it or not) first asks the store what it has of the records after the mark.
+it. Params, tags, artifacts, datasets and a status are safe to send twice; metric rows and a
+logged model are not, so a sender that did not write the last mark itself (it starts, or a call
+failed: the store may have taken it or not) first asks the store which of those it has.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -34,13 +36,11 @@ JOURNAL_TAG = "mlp.journal"  # the journal a run was shipped from: how a sender 
 
 
 class Shipment:
-    """One journal folder as this process ships it."""
+    """One journal folder as this process ships it to its MLflow run."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
-        self.mark = tracking.read_mark(folder)
-        self.checked_up_to = None  # records below this seq may be in the store already
-        self.cut, self.store = None, None
+        self.folder, self.mark = folder, tracking.read_mark(folder)
+        self.client = self.stored = self.monitor = self.cut = None
         self.seen = -1  # the journal's size when everything in it was last sent
         self.live = True  # does a process still write the journal? (asked at each ship)
 
@@ -56,147 +56,115 @@ class Shipment:
                 return not self.live
             if self.mark["closed"] and self.mark["sent"] == len(records):
                 return True
-            self.store = self.store or Store(records[0])
-            pending = records[self.mark["sent"]:]
-            if pending and self.checked_up_to is None:
-                self.checked_up_to = len(records)
-                self.known = self.store.known(self.mark["run_id"] or
-                                              self.store.find(self.folder.name))
-            for group in grouped(pending):
+            self.connect(records[0])
+            for group in grouped(records[self.mark["sent"]:]):
                 self.send(group)
-                self.mark["sent"], self.mark["closed"] = group[-1]["seq"] + 1, False
+                self.mark |= {"sent": group[-1]["seq"] + 1, "closed": False}
                 tracking.write_json(self.folder / tracking.MARK, self.mark)
-            closed = [r for r in records if r["kind"] in ("start", "end")][-1]["kind"] == "end"
-            if not closed and not self.live:
-                self.store.end_if_running(self.mark["run_id"], "lost")
-                closed = True
-            if closed:
+            ended = [r["kind"] for r in records if r["kind"] in ("start", "end")][-1] == "end"
+            if not ended and not self.live:  # its process died first (SIGKILL, out of memory)
+                self.end_if_running("lost")
+            if ended or not self.live:
                 self.mark["closed"] = True
                 tracking.write_json(self.folder / tracking.MARK, self.mark)
             self.seen = size
-            return closed
+            return self.mark["closed"]
+
+    def connect(self, start: dict) -> None:
+        """Open the store the journal's first record names, once; ask it what it has of the run
+        unless this process wrote the last mark (`stored` is None after a failed call)."""
+        if self.client is None:
+            # A URL with credentials is journaled masked: they come from the environment
+            # (tracking.md). The experiment first: a new store's tables are made in turns.
+            self.uri = start["uri"] if "***" not in start["uri"] else \
+                os.environ["MLFLOW_TRACKING_URI"]
+            self.experiment = experiment_id(self.uri, start["experiment"])
+            self.client = mlflow.MlflowClient(self.uri)
+        if self.stored is None:
+            self.stored = self.ask_store()
+
+    def ask_store(self) -> dict:
+        """The run (by its journal tag, unless marked), and which epochs and model it has."""
+        found = [] if self.mark["run_id"] else self.client.search_runs(
+            [self.experiment], f"tags.`{JOURNAL_TAG}` = '{self.folder.name}'")
+        run_id = self.mark["run_id"] or (found[0].info.run_id if found else None)
+        if run_id is None:
+            return {"run_id": None, "steps": set(), "model": False}
+        steps = {metric.step for metric in self.client.get_metric_history(run_id, "train_loss")}
+        models = self.client.search_logged_models([self.experiment],
+                                                  f"source_run_id = '{run_id}'")
+        return {"run_id": run_id, "steps": steps, "model": bool(models)}
 
     def send(self, group: list[dict]) -> None:
-        uncertain = group[0]["seq"] < self.checked_up_to
-        known = self.known if uncertain else {}
         first = group[0]
         if first["kind"] == "start" and self.mark["run_id"] is None:
-            self.mark["run_id"] = known.get("run_id") or self.store.create(first,
-                                                                          self.folder.name)
+            self.mark["run_id"] = self.stored["run_id"] or self.create_run(first)
         run_id = self.mark["run_id"]
         if first["kind"] == "epoch":
-            steps = known.get("steps", set())
-            self.store.log_epochs(run_id, [r for r in group if r["step"] not in steps])
+            metrics = [Metric(name, value, int(epoch["time"] * 1000), epoch["step"])
+                       for epoch in group if epoch["step"] not in self.stored["steps"]
+                       for name, value in epoch["metrics"].items()]
+            self.client.log_batch(run_id, metrics=metrics, synchronous=True)
         elif first["kind"] == "start":
-            self.store.start(run_id, first, known.get("params", {}), monitor=self.live)
+            self.start(run_id, first)
         elif first["kind"] == "end":
-            self.store.end(run_id, first["outcome"])
-        elif first.get("artifact") not in known.get("artifacts", ()):
-            self.store.log_file(run_id, self.folder, first)
+            self.end(first["outcome"])
+        elif first["kind"] == "figures":  # drawn here, from the data the run journaled
+            from mlp_experiments import plots
+
+            plots.log_run_figures(self.client, run_id, first)
+        elif first["kind"] == "model" and not self.stored["model"]:
+            log_saved_model(self.client, run_id, self.experiment,
+                            self.folder / tracking.ARTIFACTS / "model")
+        elif first["kind"] == "artifact":
+            path, parent = first["artifact"], str(Path(first["artifact"]).parent)
+            self.client.log_artifact(run_id, str(self.folder / tracking.ARTIFACTS / path),
+                                     None if parent == "." else parent)
+
+    def create_run(self, start: dict) -> str:
+        tags = {JOURNAL_TAG: self.folder.name}
+        if start.get("parent_run_id"):
+            tags["mlflow.parentRunId"] = start["parent_run_id"]
+        return self.client.create_run(self.experiment, start_time=int(start["time"] * 1000),
+                                      tags=tags, run_name=start.get("run_name")).info.run_id
+
+    def start(self, run_id: str, start: dict) -> None:
+        """The run's params, tags and data; a resumed run's start says RUNNING again. System
+        metrics are sampled here while the run trains, not by mlp-sync later."""
+        if start.get("resumed"):
+            self.client.update_run(run_id, "RUNNING")
+        self.client.log_batch(run_id, tags=[RunTag(*tag) for tag in start["tags"].items()],
+                              params=[Param(*param) for param in start.get("params", {}).items()])
+        if "dataset" in start:
+            log_datasets(self.client, run_id, start["dataset"])
+        if start.get("system_metrics") is not None and self.live:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            os.environ.update(start["system_metrics"])  # the training process's settings
+            self.monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri,
+                                                resume_logging=bool(start.get("resumed")))
+            self.monitor.start()
+
+    def end(self, outcome: str) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+        self.client.set_tag(self.mark["run_id"], "outcome", outcome)
+        self.client.set_terminated(self.mark["run_id"], MLFLOW_STATUS[outcome])
+
+    def end_if_running(self, outcome: str) -> None:
+        if self.mark["run_id"] and \
+                self.client.get_run(self.mark["run_id"]).info.status == "RUNNING":
+            self.end(outcome)
 
 
 def grouped(records: list[dict]) -> list[list[dict]]:
-    """Consecutive epochs go in one call (up to MLflow's 1000 metrics); anything else alone."""
+    """Consecutive epochs go in one call, 50 at most (MLflow takes up to 1000 metrics a call);
+    anything else alone."""
     groups = []
-    for record in records:
-        if record["kind"] == "epoch" and groups and groups[-1][0]["kind"] == "epoch" \
-                and len(groups[-1]) < 50:
-            groups[-1].append(record)
-        else:
-            groups.append([record])
+    for kind, same_kind in itertools.groupby(records, key=lambda record: record["kind"]):
+        run, size = list(same_kind), 50 if kind == "epoch" else 1
+        groups += [run[start:start + size] for start in range(0, len(run), size)]
     return groups
-
-
-class Store:
-    """The MLflow store a journal goes to, as its first record names it."""
-
-    def __init__(self, start: dict):
-        # A URL with credentials is journaled masked: they come from the environment (tracking.md).
-        self.uri = start["uri"] if "***" not in start["uri"] else \
-            os.environ["MLFLOW_TRACKING_URI"]
-        self.experiment = start["experiment"]
-        experiment_id(self.uri, self.experiment)  # first: a new store's tables, made in turns
-        self.client = mlflow.MlflowClient(self.uri)
-
-    def find(self, journal: str) -> str | None:
-        found = self.client.search_runs([experiment_id(self.uri, self.experiment)],
-                                        f"tags.`{JOURNAL_TAG}` = '{journal}'")
-        return found[0].info.run_id if found else None
-
-    def known(self, run_id: str | None) -> dict:
-        """What the store has of a run whose last records may have been sent unmarked."""
-        if run_id is None:
-            return {}
-        run = self.client.get_run(run_id)
-        history = self.client.get_metric_history(run_id, "train_loss")
-        artifacts = {a.path for folder in (None, "plots", "model_state")
-                     for a in self.client.list_artifacts(run_id, folder)}
-        models = self.client.search_logged_models([run.info.experiment_id],
-                                                  f"source_run_id = '{run_id}'")
-        return {"run_id": run_id, "params": run.data.params, "steps": {m.step for m in history},
-                "artifacts": artifacts | ({"model"} if models else set())}
-
-    def create(self, start: dict, journal: str) -> str:
-        tags = {JOURNAL_TAG: journal}
-        if start.get("parent_run_id"):
-            tags["mlflow.parentRunId"] = start["parent_run_id"]
-        return self.client.create_run(experiment_id(self.uri, self.experiment),
-                                      start_time=int(start["time"] * 1000), tags=tags,
-                                      run_name=start.get("run_name")).info.run_id
-
-    def start(self, run_id: str, start: dict, known_params: dict, monitor: bool) -> None:
-        """The run's params, tags and data; a resumed run's start says RUNNING again. System
-        metrics are sampled here while the run trains (`monitor`), not by mlp-sync later."""
-        if start.get("resumed"):
-            self.client.update_run(run_id, "RUNNING")
-        tags = [RunTag(key, value) for key, value in start["tags"].items()]
-        params = [Param(key, value) for key, value in start.get("params", {}).items()
-                  if key not in known_params]
-        self.client.log_batch(run_id, params=params, tags=tags)
-        if "dataset" in start:  # logging the same inputs again adds nothing (MLflow dedups)
-            log_datasets(self.client, run_id, start["dataset"])
-        if start.get("system_metrics") and monitor:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri,
-                                           resume_logging=bool(start.get("resumed")),
-                                           **start["system_metrics"])
-            monitor.start()
-            MONITORS[run_id] = monitor
-
-    def log_epochs(self, run_id: str, epochs: list[dict]) -> None:
-        metrics = [Metric(name, value, int(epoch["time"] * 1000), epoch["step"])
-                   for epoch in epochs for name, value in epoch["metrics"].items()]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics, synchronous=True)
-
-    def log_file(self, run_id: str, folder: Path, record: dict) -> None:
-        """An artifact the run wrote into its folder, the figures drawn from their data, or
-        the served model (an MLflow model the training saved there)."""
-        if record["kind"] == "figures":
-            from mlp_experiments import plots
-
-            plots.log_run_figures(self.client, run_id, record)
-        elif record["kind"] == "model":
-            log_saved_model(self.client, run_id, folder / tracking.ARTIFACTS / "model")
-        else:
-            parent = str(Path(record["artifact"]).parent)
-            self.client.log_artifact(run_id, str(folder / tracking.ARTIFACTS / record["artifact"]),
-                                     None if parent == "." else parent)
-
-    def end(self, run_id: str, outcome: str) -> None:
-        if run_id in MONITORS:
-            MONITORS.pop(run_id).finish()
-        self.client.set_tag(run_id, "outcome", outcome)
-        self.client.set_terminated(run_id, MLFLOW_STATUS[outcome])
-
-    def end_if_running(self, run_id: str | None, outcome: str) -> None:
-        """Close a run whose training process died before it could (SIGKILL, out of memory)."""
-        if run_id and self.client.get_run(run_id).info.status == "RUNNING":
-            self.end(run_id, outcome)
-
-
-MONITORS: dict = {}  # the system-metrics monitor of each run started with one
 
 
 def log_datasets(client, run_id: str, dataset: dict) -> None:
@@ -231,12 +199,11 @@ def log_datasets(client, run_id: str, dataset: dict) -> None:
         client.log_inputs(run_id, inputs)
 
 
-def log_saved_model(client, run_id: str, folder: Path) -> None:
+def log_saved_model(client, run_id: str, experiment: str, folder: Path) -> None:
     """An MLflow model saved by the training, as the run's logged model `model` (what
     `runs:/<id>/model` loads and MLflow 3 lists under the run's Logged models)."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
-    experiment = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment, name="model", source_run_id=run_id)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     client.log_model_artifacts(model.model_id, str(folder))
@@ -267,7 +234,7 @@ def follow(folders: list[Path], closed: threading.Event, grace_s: float) -> list
             except Locked:  # another sender has it now: ours looks again later
                 pass
             except Exception as error:  # the store refused or did not answer: try again
-                shipment.checked_up_to = None
+                shipment.stored = None
                 if not failures:
                     print(f"warning: MLflow is not taking the records of {folder} "
                           f"({redact(str(error)).splitlines()[0][:200]}): training goes on, "

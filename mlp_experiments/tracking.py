@@ -143,11 +143,15 @@ class Sender:
     followed: list[Path] = []  # the journals it was told and not yet seen sent, for a wait
 
     @classmethod
+    def running(cls) -> bool:
+        return cls.process is not None and cls.process.poll() is None
+
+    @classmethod
     def start(cls, cfg: DictConfig | None = None) -> None:
         """Start it unless it runs: given the run's tracking config, it loads what sending
         that run needs (its kind of store, the figures' code if it draws them) at once, while
         this process is still loading torch and the data."""
-        if cls.process is None or cls.process.poll() is not None:
+        if not cls.running():
             # Only the URL's scheme: a URL may hold credentials.
             preload = [cfg.uri.partition(":")[0], *(["figures"] if cfg.plots else [])] \
                 if cfg is not None else []
@@ -173,18 +177,16 @@ class Sender:
         in MLflow, while records keep arriving: at most `seconds` without one (a slow store
         is waited for, one that does not answer is not; signals do not cut it short: the
         records are on their way); say what is left."""
-        left = list(dict.fromkeys(cls.followed if folders is None else folders))
-        sent = {folder: read_mark(folder)["sent"] for folder in left}
-        deadline = time.monotonic() + seconds
-        while left and time.monotonic() < deadline:
+        every = list(dict.fromkeys(cls.followed if folders is None else folders))
+        left, sent_before, deadline = every, -1, 0.0
+        while left:
             try:
-                marks = {folder: read_mark(folder) for folder in left}
-                left = [folder for folder in left if not shipped(folder, marks[folder])]
-                if left and cls.process is not None and cls.process.poll() is not None:
-                    break  # the sender is gone (killed): mlp-sync sends what it left
-                if any(marks[folder]["sent"] > sent[folder] for folder in left):
-                    sent |= {folder: marks[folder]["sent"] for folder in left}
-                    deadline = time.monotonic() + seconds
+                sent = sum(read_mark(folder)["sent"] for folder in every)
+                if sent > sent_before:  # a record arrived: the allowance starts again
+                    sent_before, deadline = sent, time.monotonic() + seconds
+                left = [folder for folder in left if not shipped(folder)]
+                if not left or time.monotonic() > deadline or not cls.running():
+                    break  # a sender gone (killed) leaves the rest to mlp-sync
                 time.sleep(0.05)
             except KeyboardInterrupt:
                 continue
@@ -200,10 +202,9 @@ class Sender:
         return left
 
 
-def shipped(folder: Path, mark: dict | None = None) -> bool:
-    """Are all the journal's records in MLflow, and its run closed there? (`mark`: its
-    read_mark, where the caller has it.)"""
-    mark = mark or read_mark(folder)
+def shipped(folder: Path) -> bool:
+    """Are all the journal's records in MLflow, and its run closed there?"""
+    mark = read_mark(folder)
     return mark["closed"] and mark["sent"] == len(read_journal(folder / JOURNAL)[0])
 
 
@@ -251,11 +252,9 @@ class RunRecord:
         try:
             self.start(cfg, tags, dataset, parent_run_id, run_name)
             yield
-        except (KeyboardInterrupt, SystemExit):
-            self.end("interrupted")
-            raise
-        except BaseException:
-            self.end("interrupted" if stop_received() else "crashed")  # stops_over_errors
+        except BaseException as error:  # a stop, or an error a stop caused (stops_over_errors)
+            stopped = isinstance(error, KeyboardInterrupt | SystemExit) or stop_received()
+            self.end("interrupted" if stopped else "crashed")
             raise
         finally:
             self.journal.close()
@@ -266,8 +265,11 @@ class RunRecord:
 
         database = sqlite_path(self.cfg.uri)  # made absolute: mlp-sync may run elsewhere
         uri = f"sqlite:///{database.resolve()}" if database else self.cfg.uri
-        store = {"uri": uri, "experiment": self.cfg.experiment,
-                 "tags": tags, "system_metrics": system_metrics(self.cfg)}
+        # MLflow's system-metrics settings, as this process's environment has them now.
+        sampling = {name: value for name, value in os.environ.items()
+                    if name.startswith("MLFLOW_SYSTEM_METRICS_")}
+        store = {"uri": uri, "experiment": self.cfg.experiment, "tags": tags,
+                 "system_metrics": sampling if self.cfg.system_metrics else None}
         if self.journal.seq:  # a resumed run: its params, data and config are journaled
             self.journal.append("start", durable=True, resumed=True, **store)
             return
@@ -315,10 +317,3 @@ class RunRecord:
             self.journal.reread()
             self.journal.append("end", durable=True, outcome=outcome)
 
-
-def system_metrics(cfg: DictConfig) -> dict | None:
-    """MLflow's system-metrics sampling for the run, as this process's environment sets it."""
-    get = os.environ.get
-    return {"sampling_interval": float(get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)),
-            "samples_before_logging": int(get("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING",
-                                              1))} if cfg.system_metrics else None

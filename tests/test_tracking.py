@@ -425,7 +425,7 @@ def test_a_journal_sent_after_its_run_ended_samples_no_system_metrics(tracking_u
     folder = tmp_path / "run"
     journal = tracking.Journal(folder)
     journal.append("start", uri=tracking_uri, experiment=request.node.name, tags={},
-                   system_metrics={"sampling_interval": 1.0, "samples_before_logging": 1})
+                   system_metrics={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     journal.append("end", outcome="completed")
     journal.close()
     assert sender.Shipment(folder).ship()
