@@ -148,6 +148,7 @@ class Shipment:
     def end(self, outcome: str) -> None:
         if self.monitor is not None:
             self.monitor.finish()
+            self.monitor = None
         self.client.set_tag(self.mark["run_id"], "outcome", outcome)
         self.client.set_terminated(self.mark["run_id"], MLFLOW_STATUS[outcome])
 
