@@ -59,7 +59,7 @@ def read_journal(path: Path) -> tuple[list[dict], int, str | None]:
 
 def read_mark(folder: Path) -> dict:
     """What the sender has sent of a journal: its MLflow run, the count of records sent, and
-    whether the run is closed in MLflow."""
+    whether it is done (nobody writes it any more, its run is closed in MLflow)."""
     if (folder / MARK).exists():
         return json.loads((folder / MARK).read_text())
     return {"run_id": None, "sent": 0, "closed": False}
@@ -89,11 +89,14 @@ class Journal:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.file = open(folder / JOURNAL, "ab")  # noqa: SIM115 (held open until close())
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(20):  # a sender asking writer_alive holds it for microseconds
+            with suppress(BlockingIOError):
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            time.sleep(0.05)
+        else:
             self.file.close()
-            raise UserError(f"Another process is writing the journal in {folder}.") from None
+            raise UserError(f"Another process is writing the journal in {folder}.")
         self.reread()
 
     def reread(self) -> None:
@@ -203,7 +206,7 @@ class Sender:
 
 
 def shipped(folder: Path) -> bool:
-    """Are all the journal's records in MLflow, and its run closed there?"""
+    """Are all the journal's records in MLflow, its writer gone and its run closed there?"""
     mark = read_mark(folder)
     return mark["closed"] and mark["sent"] == len(read_journal(folder / JOURNAL)[0])
 

@@ -274,6 +274,26 @@ def test_a_journal_cut_mid_line_sends_what_came_before_and_says_what_was_cut(wor
     resumed.close()
 
 
+def test_a_journal_opens_while_a_sender_asks_whether_it_is_written(tmp_path):
+    """writer_alive takes the journal's lock shared for an instant: a writer opening it then
+    waits for it; a journal that another writer holds is refused with one message."""
+    import fcntl
+    import threading
+
+    from mlp_experiments import tracking
+
+    tracking.Journal(tmp_path).close()
+    with open(tmp_path / tracking.JOURNAL, "rb") as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as writer_alive holds it
+        threading.Timer(0.2, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+        journal = tracking.Journal(tmp_path)
+    assert tracking.writer_alive(tmp_path)
+    with pytest.raises(UserError, match="Another process is writing the journal"):
+        tracking.Journal(tmp_path)
+    journal.close()
+    assert not tracking.writer_alive(tmp_path)
+
+
 def test_a_journal_keeps_secrets_masked(workdir):
     from mlp_experiments import tracking
 
@@ -410,6 +430,38 @@ def test_a_wait_for_every_journal_followed_keeps_only_the_unsent_for_the_next(tm
     monkeypatch.setattr(tracking.Sender, "process", None)
     assert tracking.Sender.wait(seconds=0.3) == [folders[1]]
     assert tracking.Sender.followed == [folders[1]]
+
+
+@pytest.mark.parametrize("first_ended", [True, False], ids=["interrupted", "killed"])
+def test_a_resumed_journal_is_followed_until_its_writer_is_done(tracking_uri, request, tmp_path,
+                                                                first_ended):
+    """A resume opens its run's journal, then appends the run's new start: a sender that looks
+    in between finds a journal it sent and closed before. It must follow it on (seen in CI: it
+    was dropped there, and the resume's epochs never reached MLflow)."""
+    from mlp_experiments import sender, tracking
+
+    folder = tmp_path / "run"
+    first = tracking.Journal(folder)
+    first.append("start", uri=tracking_uri, experiment=request.node.name, tags={})
+    first.append("epoch", step=1, metrics={"train_loss": 1.0})
+    if first_ended:
+        first.append("end", outcome="interrupted")
+    first.close()
+    assert sender.Shipment(folder).ship()  # sent and closed (a killed run: as lost)
+    resumed = tracking.Journal(folder)
+    shipment = sender.Shipment(folder)
+    assert not shipment.ship()  # its writer is back: more is coming
+    resumed.append("start", resumed=True, uri=tracking_uri, experiment=request.node.name,
+                   tags={})
+    resumed.append("epoch", step=2, metrics={"train_loss": 0.5})
+    resumed.append("end", outcome="completed")
+    assert not shipment.ship()  # all sent, but the writer may append after its end
+    resumed.close()
+    assert shipment.ship()
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(tracking.read_mark(folder)["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
 
 
 def test_a_journal_sent_after_its_run_ended_samples_no_system_metrics(tracking_uri, request,
