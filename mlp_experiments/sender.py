@@ -45,7 +45,8 @@ class Shipment:
         self.live = True  # does a process still write the journal? (asked at each ship)
 
     def ship(self) -> bool:
-        """Send what the journal has beyond the mark; True once the run is closed and sent."""
+        """Send what the journal has beyond the mark; True once it is all sent, its run closed in
+        MLflow and nobody writes it any more."""
         self.live = tracking.writer_alive(self.folder)  # before the read: if gone, it is whole
         size = (self.folder / tracking.JOURNAL).stat().st_size
         if size == self.seen and self.live:
@@ -66,11 +67,11 @@ class Shipment:
             ended = [r["kind"] for r in records if r["kind"] in ("start", "end")][-1] == "end"
             if not ended and not self.live:  # its process died first (SIGKILL, out of memory)
                 self.end_if_running("lost")
-            if self.mark["closed"] == self.live:
+            if self.mark["closed"] != (not self.live):  # open again while a resume writes
                 self.mark["closed"] = not self.live
                 tracking.write_json(self.folder / tracking.MARK, self.mark)
             self.seen = size
-            return not self.live
+            return self.mark["closed"]
 
     def connect(self, start: dict) -> None:
         """Open the store the journal's first record names, once; ask it what it has of the run
