@@ -180,14 +180,16 @@ class Sender:
         in MLflow, while records keep arriving: at most `seconds` without one (a slow store
         is waited for, one that does not answer is not; signals do not cut it short: the
         records are on their way); say what is left."""
-        every = list(dict.fromkeys(cls.followed if folders is None else folders))
-        left, sent_before, deadline = every, -1, 0.0
+        left = list(dict.fromkeys(cls.followed if folders is None else folders))
+        marks: dict[Path, dict] = {}  # each journal's last mark read (a sent one's is final)
+        sent_before, deadline = -1, 0.0
         while left:
             try:
-                sent = sum(read_mark(folder)["sent"] for folder in every)
+                marks |= {folder: read_mark(folder) for folder in left}
+                sent = sum(mark["sent"] for mark in marks.values())
                 if sent > sent_before:  # a record arrived: the allowance starts again
                     sent_before, deadline = sent, time.monotonic() + seconds
-                left = [folder for folder in left if not shipped(folder)]
+                left = [folder for folder in left if not shipped(folder, marks[folder])]
                 if not left or time.monotonic() > deadline or not cls.running():
                     break  # a sender gone (killed) leaves the rest to mlp-sync
                 time.sleep(0.05)
@@ -205,9 +207,10 @@ class Sender:
         return left
 
 
-def shipped(folder: Path) -> bool:
-    """Are all the journal's records in MLflow, its writer gone and its run closed there?"""
-    mark = read_mark(folder)
+def shipped(folder: Path, mark: dict | None = None) -> bool:
+    """Are all the journal's records in MLflow, its writer gone and its run closed there?
+    (`mark`: its read_mark, where the caller has just read it.)"""
+    mark = mark or read_mark(folder)
     return mark["closed"] and mark["sent"] == len(read_journal(folder / JOURNAL)[0])
 
 
