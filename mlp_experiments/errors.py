@@ -43,24 +43,31 @@ def stop_on_signals() -> None:
         _received.append(signum)
         raise_if_stopped()
 
-    signal.signal(signal.SIGINT, outside_sqlalchemy(stop))
-    signal.signal(signal.SIGTERM, outside_sqlalchemy(stop))
+    signal.signal(signal.SIGINT, outside_libraries(stop))
+    signal.signal(signal.SIGTERM, outside_libraries(stop))
     if held_signals:  # a Ctrl-C while the command loaded (mlp_experiments/__init__.py)
         stop(held_signals[0], None)
 
 
-def outside_sqlalchemy(handler: Callable[[int, FrameType | None], None]):
-    """The signal handler `handler`, run at once unless the signal landed in SQLAlchemy's own
-    Python code (the milliseconds it spends between two calls of the database driver): then
-    again every 50 ms until it lands outside. A stop (KeyboardInterrupt, submitit's SystemExit)
-    raised there made SQLAlchemy drop the connection with its SQLite statement unfinished: the
-    file stayed locked for every other writer (the study's other workers, the worker's own
-    heartbeat and its records of the stop) as long as the stop's traceback lived, and each
-    waited 60 s and failed (seen in CI). A signal in the driver's wait for a server (psycopg)
-    runs at once: that wait can be long."""
+# Libraries whose own Python code a stop must not cut: it leaves their state half-updated.
+MID_UPDATE_LIBRARIES = ("sqlalchemy", "omegaconf")
+
+
+def outside_libraries(handler: Callable[[int, FrameType | None], None]):
+    """The signal handler `handler`, run at once unless the signal landed in the Python code of
+    one of MID_UPDATE_LIBRARIES: then again every 50 ms until it lands outside. A stop
+    (KeyboardInterrupt, submitit's SystemExit) raised there was seen in CI to
+    * make SQLAlchemy drop its connection with a SQLite statement unfinished (the milliseconds
+      it spends between two calls of the driver): the file stayed locked for every other
+      writer (the study's other workers, the worker's own heartbeat and its records of the
+      stop) as long as the stop's traceback lived, and each waited 60 s and failed;
+    * leave an OmegaConf node half-built while Hydra composed the config: its cleanup then
+      failed with AttributeError, which Hydra reports as a config error, exit 1.
+    A signal in the database driver's wait for a server (psycopg) runs at once: that wait can
+    be long."""
 
     def deferred(signum: int, frame: FrameType | None) -> None:
-        if in_sqlalchemy(frame):
+        if in_library_code(frame):
             signal.signal(signal.SIGALRM, lambda _alarm, later: deferred(signum, later))
             signal.setitimer(signal.ITIMER_REAL, 0.05)
             return
@@ -70,13 +77,14 @@ def outside_sqlalchemy(handler: Callable[[int, FrameType | None], None]):
     return deferred
 
 
-def in_sqlalchemy(frame: FrameType | None) -> bool:
-    """Is the frame's stack in SQLAlchemy, with no database driver's frame above it?"""
+def in_library_code(frame: FrameType | None) -> bool:
+    """Is the frame's stack in one of MID_UPDATE_LIBRARIES, with no database driver's frame
+    above it?"""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module.startswith("psycopg"):
             return False
-        if module.startswith("sqlalchemy"):
+        if module.startswith(MID_UPDATE_LIBRARIES):
             return True
         frame = frame.f_back
     return False
@@ -98,8 +106,9 @@ def stop_received() -> bool:
 @contextmanager
 def stops_over_errors() -> Iterator[None]:
     """An exception raised once a Ctrl-C or SIGTERM has come is raised as that stop: the signal
-    cut a library mid-update and its cleanup failed (OmegaConf, composing a config, raised
-    AttributeError in CI), so the error is the signal's doing and the command ends stopped."""
+    cut a library mid-update and its cleanup failed (as OmegaConf's did, raising AttributeError
+    in CI, before outside_libraries kept stops out of it), so the error is the signal's doing
+    and the command ends stopped."""
     try:
         yield
     except Exception:
@@ -109,8 +118,8 @@ def stops_over_errors() -> Iterator[None]:
 
 def exit_on_mistake(error: UserError) -> NoReturn:
     """End the command with the mistake's one line, unless a Ctrl-C or SIGTERM came first: a
-    library the signal cut mid-update can fail in its cleanup (OmegaConf, composing a config),
-    and that error is the signal's doing, so the stop is raised instead."""
+    library the signal cut mid-update can fail in its cleanup (stops_over_errors), and that
+    error is the signal's doing, so the stop is raised instead."""
     raise_if_stopped()
     raise SystemExit(f"error: {error}") from None
 

@@ -2,6 +2,7 @@
 restarted mid-run. Each test then reads the MLflow and Optuna records back: every epoch is
 there, every run has its true status, nothing is left RUNNING."""
 
+import ast
 import itertools
 import json
 import os
@@ -786,7 +787,7 @@ def test_a_stop_inside_code_that_exec_runs_still_exits_with_the_signals_code(tmp
 STOPPED_WHILE_SQLALCHEMY_READS = """
 import ctypes, functools, os, signal, sqlite3, sys, time
 import sqlalchemy
-from mlp_experiments.errors import outside_sqlalchemy, stop_on_signals
+from mlp_experiments.errors import outside_libraries, stop_on_signals
 
 database, signum, twice = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3] == "twice"
 
@@ -802,7 +803,7 @@ with engine.begin() as connection:
     connection.exec_driver_sql("CREATE TABLE rows (id INTEGER)")
     connection.exec_driver_sql("INSERT INTO rows VALUES " + ",".join(["(1)"] * 1000))
 stop_on_signals()  # SIGTERM; SIGUSR2 as a Slurm worker has submitit handle it (SlurmWorker)
-signal.signal(signal.SIGUSR2, outside_sqlalchemy(lambda _signum, _frame: sys.exit(-1)))
+signal.signal(signal.SIGUSR2, outside_libraries(lambda _signum, _frame: sys.exit(-1)))
 try:
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT stop(), id FROM rows").all()
@@ -835,6 +836,60 @@ def test_a_stop_in_sqlalchemys_code_waits_until_sqlalchemy_returns(tmp_path, sig
                            str(tmp_path / "study.db"), signal_name, times], capture_output=True,
                           text=True, timeout=120, env=ENV)
     assert (done.stdout, done.stderr) == (f"{stop} another writer wrote\n", "")
+
+
+STOPPED_WHILE_OMEGACONF_LOADS = """
+import os, signal, sys, time, traceback
+from collections import Counter
+from omegaconf import OmegaConf
+from mlp_experiments.errors import outside_libraries
+
+def stop(_signum, _frame):
+    raise KeyboardInterrupt
+
+def signal_at(frame, event, _arg):  # SIGINT as OmegaConf's `call`-th function starts
+    global calls
+    if event == "call" and frame.f_globals.get("__name__", "").startswith("omegaconf"):
+        calls += 1
+        if calls == call:
+            os.kill(os.getpid(), signal.SIGINT)
+
+signal.signal(signal.SIGINT, outside_libraries(stop))  # the handler stop_on_signals installs
+call, calls, outcomes = 0, 0, Counter()
+sys.setprofile(signal_at)
+OmegaConf.load(sys.argv[1])  # counts OmegaConf's calls in one load
+total = calls
+for call in range(1, total + 1, total // 40):
+    calls = 0
+    sys.setprofile(signal_at)
+    try:
+        try:
+            OmegaConf.load(sys.argv[1])
+        finally:
+            sys.setprofile(None)
+        time.sleep(5)
+        outcomes["not stopped"] += 1
+    except KeyboardInterrupt as stopped:
+        raised_in = traceback.extract_tb(stopped.__traceback__)[-1].filename
+        outcomes["stopped in OmegaConf" if "omegaconf" in raised_in else "stopped after"] += 1
+    except Exception as error:
+        outcomes[type(error).__name__] += 1
+print(dict(outcomes))
+"""
+
+
+def test_a_stop_in_omegaconfs_code_waits_until_omegaconf_returns():
+    """A Ctrl-C that landed in OmegaConf while Hydra loaded `conf/train.yaml` left a node
+    half-built; OmegaConf's cleanup then failed (AttributeError: 'NoneType' object has no
+    attribute '_invalidate_flags_cache'), which Hydra reports as a config error: exit 1, not
+    130 (CI, a Ctrl-C at 0.6 s of mlp-train's start). SIGINT at 40 or so points spread over
+    every function OmegaConf calls in that load: each stop is raised once OmegaConf has
+    returned. Raised at once, as before, 33 of 41 points failed so."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_OMEGACONF_LOADS,
+                           str(Path(__file__).parents[1] / "conf" / "train.yaml")],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    outcomes = ast.literal_eval(done.stdout)
+    assert list(outcomes) == ["stopped after"] and outcomes["stopped after"] >= 40, done.stderr
 
 
 @pytest.mark.parametrize("seed", range(5))

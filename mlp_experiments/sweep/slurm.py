@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_experiments.cluster import check_fits_partition
 from mlp_experiments.config.compose import compose_config
 from mlp_experiments.config.hydra_node import check_launcher_settings
-from mlp_experiments.errors import UserError, outside_sqlalchemy
+from mlp_experiments.errors import UserError, outside_libraries
 from mlp_experiments.sweep.study import closed_trials
 from mlp_experiments.sweep.worker import ParentRun
 
@@ -82,7 +82,7 @@ class SlurmWorker(submitit.helpers.Checkpointable):
         # signal is SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another; only a private
         # classmethod says which.
         preempted = submitit.JobEnvironment._usr_sig()
-        signal.signal(preempted, outside_sqlalchemy(signal.getsignal(preempted)))
+        signal.signal(preempted, outside_libraries(signal.getsignal(preempted)))
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
         run_worker(self.sweep, self.training, self.parent_run_id, self.tracking_uri, threads,
                    self.deadline, index)
