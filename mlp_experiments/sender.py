@@ -40,7 +40,7 @@ class Shipment:
 
     def __init__(self, folder: Path):
         self.folder, self.mark = folder, tracking.read_mark(folder)
-        self.client = self.stored = self.monitor = self.cut = None
+        self.uri = self.experiment = self.client = self.stored = self.monitor = self.cut = None
         self.seen = -1  # the journal's size when everything in it was last sent
         self.live = True  # does a process still write the journal? (asked at each ship)
 
